@@ -1,0 +1,76 @@
+//! Shared state of the controllers: API client, event recorder, HTTP clients, identity.
+
+use crate::metrics::Metrics;
+use kube::runtime::events::{Recorder, Reporter};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Tunables of the operator process.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a refresh claim is valid: far longer than one token call plus the write of
+    /// its result, so a live holder never loses it, yet short enough to recover from a crash.
+    pub claim_ttl: Duration,
+    /// Errors per connection per rolling hour before token calls pause.
+    pub max_errors_per_hour: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { claim_ttl: Duration::from_secs(60), max_errors_per_hour: 8 }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// Kubernetes API client.
+    pub client: kube::Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Unique name of this process; recorded as the holder of refresh claims.
+    pub identity: String,
+    /// Tunables.
+    pub settings: Settings,
+    http: Mutex<HashMap<String, reqwest::Client>>,
+}
+
+impl Context {
+    /// Builds a context; `identity` must be unique per process (pod name + random suffix).
+    pub fn new(client: kube::Client, identity: String, settings: Settings, metrics: Metrics) -> Self {
+        let reporter = Reporter { controller: "exact-operator".into(), instance: Some(identity.clone()) };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            identity,
+            settings,
+            http: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An HTTP client trusting the system roots plus an optional PEM bundle; cached per bundle.
+    pub fn http_client(&self, ca_bundle: Option<&str>) -> Result<reqwest::Client, String> {
+        let key = ca_bundle.map(crate::state::digest).unwrap_or_default();
+        let mut cache = self.http.lock().map_err(|_| "HTTP client cache poisoned".to_string())?;
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("exact-operator/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_bundle {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|_| "caBundle is not a valid PEM certificate bundle".to_string())?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder.build().map_err(|e| format!("building HTTP client: {e}"))?;
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+}

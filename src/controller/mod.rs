@@ -1,0 +1,129 @@
+//! The controllers: ExactConnection (the token keeper) and ExactOAuthClient (validation).
+
+pub mod client;
+pub mod connection;
+pub mod deref;
+pub mod status;
+
+use crate::context::Context;
+use crate::crd::{ExactConnection, ExactOAuthClient};
+use crate::secrets::{MANAGED_BY, MANAGED_BY_LABEL};
+use futures::{future, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Reconcile errors; the error policy picks the requeue by kind.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A namespaced object without a namespace.
+    #[error("object has no namespace")]
+    MissingNamespace,
+}
+
+fn error_policy<K>(_obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.inc();
+    tracing::warn!(error = %err, "reconcile failed");
+    match err {
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Action::requeue(Duration::from_millis(500)),
+        Error::Kube(_) => Action::requeue(Duration::from_secs(2)),
+        Error::MissingNamespace => Action::await_change(),
+    }
+}
+
+fn client_key(conn: &ExactConnection) -> (String, String) {
+    let ns = conn.spec.client_ref.namespace.clone().unwrap_or_else(|| conn.namespace().unwrap_or_default());
+    (ns, conn.spec.client_ref.name.clone())
+}
+
+/// Connections that a change to `secret` affects: via their bootstrap Secret or their
+/// client's client Secret.
+fn connections_for_secret(
+    secret: &PartialObjectMeta<Secret>,
+    conns: &Store<ExactConnection>,
+    clients: &Store<ExactOAuthClient>,
+) -> Vec<ObjectRef<ExactConnection>> {
+    let labels = secret.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY) {
+        return vec![];
+    }
+    let ns = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    conns
+        .state()
+        .into_iter()
+        .filter(|c| {
+            let boot = c.namespace().as_deref() == Some(ns.as_str())
+                && c.spec.refresh_token_secret_ref.as_ref().is_some_and(|r| r.name == name);
+            let (cns, cname) = client_key(c);
+            let via_client = cns == ns
+                && clients
+                    .get(&ObjectRef::new(&cname).within(&cns))
+                    .is_some_and(|cl| cl.spec.client_secret_ref.name == name);
+            boot || via_client
+        })
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
+}
+
+/// Runs both controllers until `shutdown` resolves; in-flight reconciles (and so any
+/// refresh in flight, through to its persisted state) finish first.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let wc = watcher::Config::default().any_semantic();
+    let conns: Api<ExactConnection> = Api::all(client.clone());
+    let clients: Api<ExactOAuthClient> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let secret_metas: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
+
+    let (client_store, client_writer) = reflector::store::<ExactOAuthClient>();
+    let client_stream = watcher(clients.clone(), wc.clone())
+        .default_backoff()
+        .reflect(client_writer)
+        .touched_objects();
+    let conn_ctrl = Controller::new(conns, wc.clone());
+    let conn_store = conn_ctrl.store();
+    let by_client = conn_store.clone();
+    let by_secret = (conn_store.clone(), client_store.clone());
+    let secret_meta = watcher(secret_metas, wc.clone()).default_backoff().touched_objects();
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let connections = conn_ctrl
+        .owns(secrets, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")).any_semantic())
+        .watches_stream(client_stream, move |c: ExactOAuthClient| {
+            let key = (c.namespace().unwrap_or_default(), c.name_any());
+            by_client
+                .state()
+                .into_iter()
+                .filter(|conn| client_key(conn) == key)
+                .map(|conn| ObjectRef::from_obj(&*conn))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(secret_meta, move |s| connections_for_secret(&s, &by_secret.0, &by_secret.1))
+        .graceful_shutdown_on(stop(rx.clone()))
+        .run(connection::reconcile, error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+    let client_ctrl = Controller::new(clients, wc)
+        .graceful_shutdown_on(stop(rx))
+        .run(client::reconcile, error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    future::join(connections, client_ctrl).await;
+}

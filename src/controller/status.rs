@@ -1,0 +1,113 @@
+//! The result of a connection reconcile and how it lands in status (server-side apply,
+//! skipped when nothing changed).
+
+use super::Error;
+use crate::conditions::{find_ready, ready};
+use crate::context::Context;
+use crate::crd::{ExactConnection, ExactConnectionStatus};
+use crate::schedule::{refresh_token_expires_at, RefreshPolicy};
+use crate::state::ConnectionState;
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use std::time::Duration;
+
+/// Field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "exact-operator";
+
+/// What a reconcile concluded.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Ready condition status; None leaves the status as it is (requeue only).
+    pub ready: Option<(bool, &'static str, String)>,
+    /// Timing and division facts from state.
+    pub access_token_expires_at: Option<Timestamp>,
+    /// Last successful call.
+    pub last_refresh_time: Option<Timestamp>,
+    /// Next planned call.
+    pub next_refresh_time: Option<Timestamp>,
+    /// When the refresh token expires unused.
+    pub refresh_token_expires_at: Option<Timestamp>,
+    /// Division.
+    pub division: Option<i64>,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Imported bootstrap digest.
+    pub bootstrap_digest: Option<String>,
+    /// When to reconcile again.
+    pub requeue: Option<Duration>,
+}
+
+impl Outcome {
+    /// Ready=True.
+    pub fn ready(reason: &'static str, message: String) -> Self {
+        Outcome { ready: Some((true, reason, message)), ..Default::default() }
+    }
+    /// Ready=False.
+    pub fn not_ready(reason: &'static str, message: String) -> Self {
+        Outcome { ready: Some((false, reason, message)), ..Default::default() }
+    }
+    /// No status change, just look again later.
+    pub fn requeue_only(after: Duration) -> Self {
+        Outcome { requeue: Some(after), ..Default::default() }
+    }
+    /// Copies the facts of `state`.
+    pub fn with_state(mut self, state: &ConnectionState, policy: &RefreshPolicy) -> Self {
+        self.access_token_expires_at = state.times.access_token_expires_at;
+        self.last_refresh_time = state.last_refresh_at;
+        self.refresh_token_expires_at = state.times.refresh_token_issued_at.map(|t| refresh_token_expires_at(policy, t));
+        self.division = state.division;
+        self.consecutive_failures = state.times.consecutive_failures;
+        self.bootstrap_digest = state.bootstrap_digest.clone();
+        self
+    }
+    /// Plans the next call at `due`.
+    pub fn next_at(mut self, due: Timestamp, now: Timestamp) -> Self {
+        self.next_refresh_time = Some(due);
+        let wait = due.duration_since(now);
+        self.requeue = Some(Duration::try_from(wait).unwrap_or(Duration::ZERO));
+        self
+    }
+}
+
+/// Applies the outcome to the connection's status when it differs.
+pub async fn write_status(conn: &ExactConnection, ctx: &Context, out: Outcome) -> Result<(), Error> {
+    let Some((ok, reason, message)) = out.ready else { return Ok(()) };
+    let prev = conn.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let generation = conn.metadata.generation;
+    let condition = ready(&prev.conditions, ok, reason, &message, generation, now);
+    let status = ExactConnectionStatus {
+        conditions: vec![condition],
+        observed_generation: generation,
+        access_token_expires_at: out.access_token_expires_at,
+        last_refresh_time: out.last_refresh_time,
+        next_refresh_time: out.next_refresh_time,
+        refresh_token_expires_at: out.refresh_token_expires_at,
+        division: conn.spec.division.or(out.division),
+        consecutive_failures: out.consecutive_failures,
+        imported_bootstrap_digest: out.bootstrap_digest.or(prev.imported_bootstrap_digest.clone()),
+        authorization_url: prev.authorization_url.clone(),
+        secret_name: Some(super::deref::target_name(conn)),
+        message: Some(message),
+    };
+    if same_status(&prev, &status) {
+        return Ok(());
+    }
+    let api: Api<ExactConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "exact-operator.io/v1alpha1",
+        "kind": "ExactConnection",
+        "status": status,
+    });
+    api.patch_status(&conn.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    if let Some(c) = find_ready(&status.conditions) {
+        ctx.metrics.ready_reason(&conn.namespace().unwrap_or_default(), &conn.name_any(), &c.reason);
+    }
+    Ok(())
+}
+
+fn same_status(a: &ExactConnectionStatus, b: &ExactConnectionStatus) -> bool {
+    a == b
+}

@@ -1,0 +1,18 @@
+//! exact-operator: keeps Exact Online OAuth 2.0 connections alive for Kubernetes workloads.
+#![forbid(unsafe_code)]
+
+pub mod conditions;
+pub mod context;
+pub mod controller;
+pub mod crd;
+pub mod duration;
+pub mod endpoints;
+pub mod http;
+pub mod metrics;
+pub mod publish;
+pub mod refresh;
+pub mod schedule;
+pub mod secrets;
+pub mod startup;
+pub mod state;
+pub mod token;

@@ -1,0 +1,72 @@
+//! exact-operator: thin entry point; the logic lives in the library.
+
+use clap::Parser;
+use exact_operator::context::{Context, Settings};
+use exact_operator::http::{router, Health};
+use exact_operator::metrics::Metrics;
+use exact_operator::startup::{check_crds, identity, init_logging, LogFormat};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Keeps Exact Online OAuth 2.0 connections alive: refreshes tokens before they expire and
+/// publishes them in Secrets.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "EXACT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "EXACT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level filter (RUST_LOG overrides it).
+    #[arg(long, env = "EXACT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Token-call errors allowed per connection per rolling hour (Exact blocks apps at ~10).
+    #[arg(long, env = "EXACT_MAX_ERRORS_PER_HOUR", default_value_t = 8)]
+    max_errors_per_hour: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format, &args.log_level);
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("no Kubernetes configuration (KUBECONFIG or in-cluster): {e}"))?;
+    check_crds(&client).await?;
+    let metrics = Metrics::default();
+    let health = Health::default();
+    let settings = Settings { max_errors_per_hour: args.max_errors_per_hour, ..Settings::default() };
+    let ctx = Arc::new(Context::new(client, identity(), settings, metrics.clone()));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, identity = %ctx.identity, "exact-operator starting");
+    let app = router(metrics, health.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    health.set_ready(true);
+    exact_operator::controller::run(ctx, shutdown_signal()).await;
+    tracing::info!("exact-operator stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: finishing refreshes in flight");
+}

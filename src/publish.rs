@@ -1,0 +1,130 @@
+//! The workload-facing Secret: access token, type, expiry, division and API base. It never
+//! holds the refresh token. It is restored from state when edited or deleted, with no
+//! token call.
+
+use crate::secrets::{managed_labels, owned_by, same_data};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::ByteString;
+use kube::api::{Api, PostParams};
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::BTreeMap;
+
+/// Keys of the workload Secret, in the order documented in the README.
+pub const KEYS: [&str; 5] = ["access_token", "token_type", "expires_at", "division", "api_base_url"];
+
+/// What workloads get.
+pub struct WorkloadToken<'a> {
+    /// The access token.
+    pub access_token: &'a SecretString,
+    /// Its expiry.
+    pub expires_at: Timestamp,
+    /// The division, when known.
+    pub division: Option<i64>,
+    /// REST base of the client (e.g. https://start.exactonline.nl/api).
+    pub api_base_url: &'a str,
+}
+
+/// Builds the workload Secret's data.
+pub fn workload_data(t: &WorkloadToken<'_>) -> BTreeMap<String, ByteString> {
+    let division = t.division.map(|d| d.to_string()).unwrap_or_default();
+    let api = match t.division {
+        Some(d) => format!("{}/v1/{d}", t.api_base_url),
+        None => format!("{}/v1", t.api_base_url),
+    };
+    let values = [
+        t.access_token.expose_secret().to_string(),
+        "Bearer".to_string(),
+        t.expires_at.to_string(),
+        division,
+        api,
+    ];
+    KEYS.iter()
+        .zip(values)
+        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+        .collect()
+}
+
+/// Outcome of publishing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Created or rewritten.
+    Written,
+    /// Already up to date: no write.
+    Unchanged,
+    /// A Secret of that name exists and is not ours: left alone.
+    Conflict,
+}
+
+/// Desired metadata of the workload Secret.
+pub struct Target<'a> {
+    /// Secret name.
+    pub name: &'a str,
+    /// Owning connection's name.
+    pub connection: &'a str,
+    /// Owner reference to the connection.
+    pub owner: &'a OwnerReference,
+    /// Extra labels from the spec.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Extra annotations from the spec.
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+/// Creates or updates the workload Secret if it differs; never touches a foreign Secret.
+pub async fn publish(api: &Api<Secret>, target: &Target<'_>, data: BTreeMap<String, ByteString>) -> Result<Published, kube::Error> {
+    let existing = api.get_opt(target.name).await?;
+    let mut labels = target.labels.clone();
+    labels.extend(managed_labels(target.connection, "token"));
+    let annotations = target.annotations.clone();
+    if let Some(current) = &existing {
+        if !owned_by(current, &target.owner.uid) {
+            return Ok(Published::Conflict);
+        }
+        let meta_same = current.metadata.labels.as_ref().is_some_and(|l| labels.iter().all(|(k, v)| l.get(k) == Some(v)))
+            && annotations.iter().all(|(k, v)| current.metadata.annotations.as_ref().and_then(|a| a.get(k)) == Some(v));
+        if meta_same && same_data(current.data.as_ref(), &data) {
+            return Ok(Published::Unchanged);
+        }
+    }
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(target.name.to_string()),
+            resource_version: existing.as_ref().and_then(|s| s.metadata.resource_version.clone()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: Some(vec![target.owner.clone()]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    match existing {
+        Some(_) => api.replace(target.name, &PostParams::default(), &secret).await?,
+        None => api.create(&PostParams::default(), &secret).await?,
+    };
+    Ok(Published::Written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_secret_has_the_documented_keys_and_no_refresh_token() {
+        let token = SecretString::from("AT");
+        let data = workload_data(&WorkloadToken {
+            access_token: &token,
+            expires_at: Timestamp::from_second(1_800_000_000).expect("valid"),
+            division: Some(42),
+            api_base_url: "https://start.exactonline.nl/api",
+        });
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        assert_eq!(keys, vec!["access_token", "api_base_url", "division", "expires_at", "token_type"]);
+        assert!(!data.contains_key("refresh_token"));
+        assert_eq!(data["api_base_url"].0, b"https://start.exactonline.nl/api/v1/42");
+        assert_eq!(data["token_type"].0, b"Bearer");
+        assert_eq!(data["expires_at"].0, b"2027-01-15T08:00:00Z");
+    }
+}

@@ -1,0 +1,230 @@
+//! The connection's durable state, kept in a Secret owned by the connection (never the
+//! workload's Secret): the refresh token, the current access token (so the workload Secret can
+//! be restored without a token call), timing, the refresh claim and the dead-chain marker.
+//! This module only converts between that model and Secret data; it does no I/O.
+
+use crate::schedule::TokenTimes;
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Who is allowed to call the token endpoint for this connection, until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Identity of the operator process holding the claim.
+    pub holder: String,
+    /// After this instant the claim is void (its holder crashed or hung).
+    pub until: Timestamp,
+}
+
+/// Why the chain cannot be refreshed any more, and under which inputs that was decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadChain {
+    /// Condition reason: ReauthorizationRequired or InvalidClient.
+    pub reason: String,
+    /// Human-readable account (no secrets).
+    pub message: String,
+    /// Digest of the inputs (client id/secret, specs) that failed; a change allows a new try.
+    pub fingerprint: String,
+}
+
+/// Everything the operator remembers about one connection.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionState {
+    /// The current refresh token (rotates on every refresh).
+    pub refresh_token: Option<SecretString>,
+    /// The current access token.
+    pub access_token: Option<SecretString>,
+    /// Expiries, failures and errors used by the schedule.
+    pub times: TokenTimes,
+    /// When the last successful token call was sent.
+    pub last_refresh_at: Option<Timestamp>,
+    /// The division the token is used with.
+    pub division: Option<i64>,
+    /// Digest of the last imported bootstrap refresh token.
+    pub bootstrap_digest: Option<String>,
+    /// The refresh claim, if any.
+    pub claim: Option<Claim>,
+    /// Set when the chain is dead.
+    pub dead: Option<DeadChain>,
+    /// Earliest time of the next token call decided after a failure or refusal.
+    pub not_before: Option<Timestamp>,
+    /// A warning about the last grant (e.g. an unusable expires_in), shown in status.
+    pub warning: Option<String>,
+}
+
+const K_REFRESH: &str = "refresh_token";
+const K_ACCESS: &str = "access_token";
+const K_EXPIRES: &str = "access_token_expires_at";
+const K_RT_ISSUED: &str = "refresh_token_issued_at";
+const K_LAST: &str = "last_refresh_at";
+const K_FAILURES: &str = "consecutive_failures";
+const K_TOO_EARLY: &str = "too_early_refusals";
+const K_ERRORS: &str = "recent_errors";
+const K_DIVISION: &str = "division";
+const K_BOOTSTRAP: &str = "bootstrap_digest";
+const K_CLAIM_HOLDER: &str = "claim_holder";
+const K_CLAIM_UNTIL: &str = "claim_until";
+const K_DEAD_REASON: &str = "dead_reason";
+const K_DEAD_MESSAGE: &str = "dead_message";
+const K_DEAD_FINGERPRINT: &str = "dead_fingerprint";
+const K_NOT_BEFORE: &str = "not_before";
+const K_WARNING: &str = "warning";
+
+/// Hex SHA-256 of a secret value: safe to show and compare.
+pub fn digest(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
+    data.get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .filter(|s| !s.is_empty())
+}
+
+fn time(data: &BTreeMap<String, ByteString>, key: &str) -> Option<Timestamp> {
+    text(data, key).and_then(|s| s.parse().ok())
+}
+
+impl ConnectionState {
+    /// Reads the state from a Secret's data; unreadable fields count as absent.
+    pub fn from_data(data: &BTreeMap<String, ByteString>) -> Self {
+        let claim = match (text(data, K_CLAIM_HOLDER), time(data, K_CLAIM_UNTIL)) {
+            (Some(holder), Some(until)) => Some(Claim { holder, until }),
+            _ => None,
+        };
+        let dead = match (text(data, K_DEAD_REASON), text(data, K_DEAD_FINGERPRINT)) {
+            (Some(reason), Some(fingerprint)) => Some(DeadChain {
+                reason,
+                message: text(data, K_DEAD_MESSAGE).unwrap_or_default(),
+                fingerprint,
+            }),
+            _ => None,
+        };
+        ConnectionState {
+            refresh_token: text(data, K_REFRESH).map(SecretString::from),
+            access_token: text(data, K_ACCESS).map(SecretString::from),
+            times: TokenTimes {
+                access_token_expires_at: time(data, K_EXPIRES),
+                refresh_token_issued_at: time(data, K_RT_ISSUED),
+                consecutive_failures: text(data, K_FAILURES).and_then(|s| s.parse().ok()).unwrap_or(0),
+                too_early_refusals: text(data, K_TOO_EARLY).and_then(|s| s.parse().ok()).unwrap_or(0),
+                recent_errors: text(data, K_ERRORS)
+                    .map(|s| s.split(',').filter_map(|t| t.parse().ok()).collect())
+                    .unwrap_or_default(),
+            },
+            last_refresh_at: time(data, K_LAST),
+            division: text(data, K_DIVISION).and_then(|s| s.parse().ok()),
+            bootstrap_digest: text(data, K_BOOTSTRAP),
+            claim,
+            dead,
+            not_before: time(data, K_NOT_BEFORE),
+            warning: text(data, K_WARNING),
+        }
+    }
+
+    /// Writes the state as Secret data.
+    pub fn to_data(&self) -> BTreeMap<String, ByteString> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), ByteString(v.into_bytes()));
+            }
+        };
+        put(K_REFRESH, self.refresh_token.as_ref().map(|s| s.expose_secret().to_string()));
+        put(K_ACCESS, self.access_token.as_ref().map(|s| s.expose_secret().to_string()));
+        put(K_EXPIRES, self.times.access_token_expires_at.map(|t| t.to_string()));
+        put(K_RT_ISSUED, self.times.refresh_token_issued_at.map(|t| t.to_string()));
+        put(K_LAST, self.last_refresh_at.map(|t| t.to_string()));
+        put(K_FAILURES, Some(self.times.consecutive_failures.to_string()));
+        put(K_TOO_EARLY, Some(self.times.too_early_refusals.to_string()));
+        if !self.times.recent_errors.is_empty() {
+            let joined: Vec<String> = self.times.recent_errors.iter().map(|t| t.to_string()).collect();
+            put(K_ERRORS, Some(joined.join(",")));
+        }
+        put(K_DIVISION, self.division.map(|d| d.to_string()));
+        put(K_BOOTSTRAP, self.bootstrap_digest.clone());
+        if let Some(c) = &self.claim {
+            put(K_CLAIM_HOLDER, Some(c.holder.clone()));
+            put(K_CLAIM_UNTIL, Some(c.until.to_string()));
+        }
+        if let Some(d) = &self.dead {
+            put(K_DEAD_REASON, Some(d.reason.clone()));
+            put(K_DEAD_MESSAGE, Some(d.message.clone()));
+            put(K_DEAD_FINGERPRINT, Some(d.fingerprint.clone()));
+        }
+        put(K_NOT_BEFORE, self.not_before.map(|t| t.to_string()));
+        put(K_WARNING, self.warning.clone());
+        m
+    }
+
+    /// Whether a claim by someone other than `me` is still in force at `now`.
+    pub fn claimed_by_other(&self, me: &str, now: Timestamp) -> Option<&Claim> {
+        self.claim.as_ref().filter(|c| c.holder != me && c.until > now)
+    }
+
+    /// Whether the stored access token is still usable at `now`.
+    pub fn access_token_valid(&self, now: Timestamp) -> bool {
+        self.access_token.is_some() && self.times.access_token_expires_at.is_some_and(|e| e > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_field() {
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("valid");
+        let st = ConnectionState {
+            refresh_token: Some(SecretString::from("r1")),
+            access_token: Some(SecretString::from("a1")),
+            times: TokenTimes {
+                access_token_expires_at: Some(t(600)),
+                refresh_token_issued_at: Some(t(0)),
+                consecutive_failures: 2,
+                too_early_refusals: 1,
+                recent_errors: vec![t(1), t(2)],
+            },
+            last_refresh_at: Some(t(0)),
+            division: Some(42),
+            bootstrap_digest: Some(digest("boot")),
+            claim: Some(Claim { holder: "op-1".into(), until: t(60) }),
+            dead: Some(DeadChain { reason: "ReauthorizationRequired".into(), message: "m".into(), fingerprint: "f".into() }),
+            not_before: Some(t(30)),
+            warning: Some("w".into()),
+        };
+        let back = ConnectionState::from_data(&st.to_data());
+        assert_eq!(back.refresh_token.map(|s| s.expose_secret().to_string()), Some("r1".into()));
+        assert_eq!(back.access_token.map(|s| s.expose_secret().to_string()), Some("a1".into()));
+        assert_eq!(back.times, st.times);
+        assert_eq!(back.division, Some(42));
+        assert_eq!(back.claim, st.claim);
+        assert_eq!(back.dead, st.dead);
+        assert_eq!(back.not_before, st.not_before);
+        assert_eq!(back.bootstrap_digest, st.bootstrap_digest);
+        assert_eq!(back.warning.as_deref(), Some("w"));
+    }
+
+    #[test]
+    fn claims_expire_and_belong_to_their_holder() {
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("valid");
+        let st = ConnectionState { claim: Some(Claim { holder: "a".into(), until: t(60) }), ..Default::default() };
+        assert!(st.claimed_by_other("b", t(10)).is_some());
+        assert!(st.claimed_by_other("a", t(10)).is_none());
+        assert!(st.claimed_by_other("b", t(61)).is_none());
+    }
+
+    #[test]
+    fn garbage_data_reads_as_absent() {
+        let mut data = BTreeMap::new();
+        data.insert(K_EXPIRES.to_string(), ByteString(vec![0xff, 0x00]));
+        data.insert(K_FAILURES.to_string(), ByteString(b"many".to_vec()));
+        let st = ConnectionState::from_data(&data);
+        assert!(st.times.access_token_expires_at.is_none());
+        assert_eq!(st.times.consecutive_failures, 0);
+        assert_eq!(digest("x").len(), 64);
+    }
+}
