@@ -35,7 +35,14 @@ pub mod reason {
 }
 
 /// Builds the Ready condition, keeping lastTransitionTime when status did not change.
-pub fn ready(previous: &[Condition], ok: bool, reason: &str, message: &str, generation: Option<i64>, now: Timestamp) -> Condition {
+pub fn ready(
+    previous: &[Condition],
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
     let last_transition_time = previous
         .iter()
@@ -67,7 +74,14 @@ mod tests {
         let t1 = Timestamp::from_second(1_800_000_100).expect("valid");
         let first = ready(&[], false, reason::PENDING, "waiting", Some(1), t0);
         assert_eq!(first.last_transition_time, t0);
-        let same = ready(std::slice::from_ref(&first), false, reason::REFRESH_FAILING, "x", Some(1), t1);
+        let same = ready(
+            std::slice::from_ref(&first),
+            false,
+            reason::REFRESH_FAILING,
+            "x",
+            Some(1),
+            t1,
+        );
         assert_eq!(same.last_transition_time, t0);
         let flipped = ready(&[same], true, reason::TOKEN_PUBLISHED, "ok", Some(2), t1);
         assert_eq!(flipped.last_transition_time, t1);

@@ -14,11 +14,21 @@ pub struct Settings {
     pub claim_ttl: Duration,
     /// Errors per connection per rolling hour before token calls pause.
     pub max_errors_per_hour: u32,
+    /// How often a connection that waits on something outside its watch (a client in
+    /// another namespace while watching one namespace, a consent) is looked at again.
+    pub recheck_interval: Duration,
+    /// Watch only this namespace (None: all namespaces).
+    pub watch_namespace: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { claim_ttl: Duration::from_secs(60), max_errors_per_hour: 8 }
+        Settings {
+            claim_ttl: Duration::from_secs(60),
+            max_errors_per_hour: 8,
+            recheck_interval: Duration::from_secs(60),
+            watch_namespace: None,
+        }
     }
 }
 
@@ -39,8 +49,16 @@ pub struct Context {
 
 impl Context {
     /// Builds a context; `identity` must be unique per process (pod name + random suffix).
-    pub fn new(client: kube::Client, identity: String, settings: Settings, metrics: Metrics) -> Self {
-        let reporter = Reporter { controller: "exact-operator".into(), instance: Some(identity.clone()) };
+    pub fn new(
+        client: kube::Client,
+        identity: String,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "exact-operator".into(),
+            instance: Some(identity.clone()),
+        };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -54,7 +72,10 @@ impl Context {
     /// An HTTP client trusting the system roots plus an optional PEM bundle; cached per bundle.
     pub fn http_client(&self, ca_bundle: Option<&str>) -> Result<reqwest::Client, String> {
         let key = ca_bundle.map(crate::state::digest).unwrap_or_default();
-        let mut cache = self.http.lock().map_err(|_| "HTTP client cache poisoned".to_string())?;
+        let mut cache = self
+            .http
+            .lock()
+            .map_err(|_| "HTTP client cache poisoned".to_string())?;
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
@@ -69,7 +90,9 @@ impl Context {
                 builder = builder.add_root_certificate(c);
             }
         }
-        let client = builder.build().map_err(|e| format!("building HTTP client: {e}"))?;
+        let client = builder
+            .build()
+            .map_err(|e| format!("building HTTP client: {e}"))?;
         cache.insert(key, client.clone());
         Ok(client)
     }

@@ -52,11 +52,11 @@ pub struct SecretKeyRef {
     shortname = "exactclient",
     shortname = "eoc",
     doc = "An Exact Online app (OAuth 2.0 client) whose connections the operator keeps alive.",
-    printcolumn(name = "Client ID", type_ = "string", json_path = ".spec.clientId"),
-    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Client ID","type":"string","jsonPath":".spec.clientId"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExactOAuthClientSpec {
@@ -158,12 +158,12 @@ pub struct TargetSecret {
     shortname = "exactconn",
     shortname = "ec",
     doc = "One authorized Exact Online user/company whose access token the operator keeps fresh in a Secret.",
-    printcolumn(name = "Client", type_ = "string", json_path = ".spec.clientRef.name"),
-    printcolumn(name = "Division", type_ = "integer", json_path = ".status.division"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.accessTokenExpiresAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Client","type":"string","jsonPath":".spec.clientRef.name"}"#,
+    printcolumn = r#"{"name":"Division","type":"integer","jsonPath":".status.division"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.accessTokenExpiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExactConnectionSpec {

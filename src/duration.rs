@@ -7,7 +7,9 @@ use thiserror::Error;
 
 /// A lifetime string that is neither a duration nor integer milliseconds.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("{value:?} is not a duration: use e.g. \"600s\", \"720h\", \"1h30m\" or integer milliseconds")]
+#[error(
+    "{value:?} is not a duration: use e.g. \"600s\", \"720h\", \"1h30m\" or integer milliseconds"
+)]
 pub struct DurationError {
     /// The offending input (lifetimes are not secret).
     pub value: String,
@@ -16,17 +18,25 @@ pub struct DurationError {
 /// Parses "600s", "10m", "720h", "1h30m", "250ms", "2d" or a plain integer of milliseconds.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let s = input.trim();
-    let err = || DurationError { value: input.to_string() };
+    let err = || DurationError {
+        value: input.to_string(),
+    };
     if s.is_empty() {
         return Err(err());
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<u64>().map(Duration::from_millis).map_err(|_| err());
+        return s
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| err());
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+        let digits = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
         if digits == 0 {
             return Err(err());
         }
@@ -72,15 +82,29 @@ mod tests {
 
     #[test]
     fn integer_milliseconds_as_exact_writes_them() {
-        assert_eq!(parse_duration("3599999"), Ok(Duration::from_millis(3_599_999)));
+        assert_eq!(
+            parse_duration("3599999"),
+            Ok(Duration::from_millis(3_599_999))
+        );
         assert_eq!(parse_duration(" 600000 "), Ok(Duration::from_secs(600)));
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "s", "10x", "ten minutes", "-5s", "1e400s", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "ten minutes",
+            "-5s",
+            "1e400s",
+            "99999999999999999999999",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
-        assert_eq!(parse_or(None, Duration::from_secs(7)), Ok(Duration::from_secs(7)));
+        assert_eq!(
+            parse_or(None, Duration::from_secs(7)),
+            Ok(Duration::from_secs(7))
+        );
     }
 }

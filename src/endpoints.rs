@@ -19,13 +19,20 @@ pub const DEFAULT_REFRESH_WINDOW: Duration = Duration::from_secs(30);
 pub enum SpecError {
     /// A URL that does not parse.
     #[error("{field} {value:?} is not a valid URL: {reason}")]
-    BadUrl { field: &'static str, value: String, reason: String },
+    BadUrl {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
     /// http where https is required.
     #[error("{field} must use https (set allowInsecureHttp: true only for a local simulator)")]
     InsecureUrl { field: &'static str },
     /// A lifetime that does not parse.
     #[error("{field}: {source}")]
-    BadDuration { field: &'static str, source: DurationError },
+    BadDuration {
+        field: &'static str,
+        source: DurationError,
+    },
     /// A lifetime of zero.
     #[error("{field} must be greater than zero")]
     ZeroDuration { field: &'static str },
@@ -82,7 +89,11 @@ fn check_url(field: &'static str, value: &str, allow_http: bool) -> Result<Url, 
     }
 }
 
-fn positive(field: &'static str, value: Option<&str>, default: Duration) -> Result<Duration, SpecError> {
+fn positive(
+    field: &'static str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, SpecError> {
     let d = parse_or(value, default).map_err(|source| SpecError::BadDuration { field, source })?;
     if d.is_zero() {
         return Err(SpecError::ZeroDuration { field });
@@ -97,9 +108,18 @@ pub fn resolve(spec: &ExactOAuthClientSpec) -> Result<ClientSettings, SpecError>
     }
     let host = region_host(spec.region);
     let insecure = spec.allow_insecure_http;
-    let auth = spec.authorization_url.clone().unwrap_or_else(|| format!("https://{host}/api/oauth2/auth"));
-    let token = spec.token_url.clone().unwrap_or_else(|| format!("https://{host}/api/oauth2/token"));
-    let api = spec.api_base_url.clone().unwrap_or_else(|| format!("https://{host}/api"));
+    let auth = spec
+        .authorization_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{host}/api/oauth2/auth"));
+    let token = spec
+        .token_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{host}/api/oauth2/token"));
+    let api = spec
+        .api_base_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{host}/api"));
     let authorization_url = check_url("authorizationUrl", &auth, insecure)?;
     let token_url = check_url("tokenUrl", &token, insecure)?;
     check_url("apiBaseUrl", &api, insecure)?;
@@ -117,13 +137,25 @@ pub fn resolve(spec: &ExactOAuthClientSpec) -> Result<ClientSettings, SpecError>
             spec.refresh_token_expires_in.as_deref(),
             DEFAULT_REFRESH_TOKEN_LIFETIME,
         )?,
-        refresh_window: positive("refreshWindow", spec.refresh_window.as_deref(), DEFAULT_REFRESH_WINDOW)?,
+        refresh_window: positive(
+            "refreshWindow",
+            spec.refresh_window.as_deref(),
+            DEFAULT_REFRESH_WINDOW,
+        )?,
     })
 }
 
 /// Whether a connection in `namespace` may use a client living in `client_namespace`.
-pub fn namespace_allowed(spec: &ExactOAuthClientSpec, client_namespace: &str, namespace: &str) -> bool {
-    namespace == client_namespace || spec.allowed_namespaces.iter().any(|n| n == "*" || n == namespace)
+pub fn namespace_allowed(
+    spec: &ExactOAuthClientSpec,
+    client_namespace: &str,
+    namespace: &str,
+) -> bool {
+    namespace == client_namespace
+        || spec
+            .allowed_namespaces
+            .iter()
+            .any(|n| n == "*" || n == namespace)
 }
 
 #[cfg(test)]
@@ -141,7 +173,10 @@ mod tests {
             ca_bundle: None,
             allow_insecure_http: false,
             client_id: "abc".into(),
-            client_secret_ref: SecretKeyRef { name: "s".into(), key: "k".into() },
+            client_secret_ref: SecretKeyRef {
+                name: "s".into(),
+                key: "k".into(),
+            },
             redirect_uri: None,
             webhook_secret_ref: None,
             access_token_expires_in: None,
@@ -154,14 +189,28 @@ mod tests {
     #[test]
     fn region_defaults() {
         let s = resolve(&spec()).expect("valid");
-        assert_eq!(s.token_url.as_str(), "https://start.exactonline.nl/api/oauth2/token");
-        assert_eq!(s.authorization_url.as_str(), "https://start.exactonline.nl/api/oauth2/auth");
+        assert_eq!(
+            s.token_url.as_str(),
+            "https://start.exactonline.nl/api/oauth2/token"
+        );
+        assert_eq!(
+            s.authorization_url.as_str(),
+            "https://start.exactonline.nl/api/oauth2/auth"
+        );
         assert_eq!(s.api_base_url, "https://start.exactonline.nl/api");
         assert_eq!(s.access_token_lifetime, Duration::from_secs(600));
         assert_eq!(s.refresh_window, Duration::from_secs(30));
-        let uk = resolve(&ExactOAuthClientSpec { region: Region::Uk, ..spec() }).expect("valid");
+        let uk = resolve(&ExactOAuthClientSpec {
+            region: Region::Uk,
+            ..spec()
+        })
+        .expect("valid");
         assert_eq!(uk.api_base_url, "https://start.exactonline.co.uk/api");
-        let us = resolve(&ExactOAuthClientSpec { region: Region::Us, ..spec() }).expect("valid");
+        let us = resolve(&ExactOAuthClientSpec {
+            region: Region::Us,
+            ..spec()
+        })
+        .expect("valid");
         assert_eq!(us.token_url.host_str(), Some("start.exactonline.com"));
     }
 
@@ -184,17 +233,61 @@ mod tests {
 
     #[test]
     fn rejects_insecure_bad_urls_and_lifetimes() {
-        let http = ExactOAuthClientSpec { token_url: Some("http://x/t".into()), ..spec() };
-        assert_eq!(resolve(&http), Err(SpecError::InsecureUrl { field: "tokenUrl" }));
-        let ftp = ExactOAuthClientSpec { token_url: Some("ftp://x/t".into()), ..spec() };
-        assert!(matches!(resolve(&ftp), Err(SpecError::BadUrl { field: "tokenUrl", .. })));
-        let junk = ExactOAuthClientSpec { authorization_url: Some("not a url".into()), ..spec() };
-        assert!(matches!(resolve(&junk), Err(SpecError::BadUrl { field: "authorizationUrl", .. })));
-        let life = ExactOAuthClientSpec { access_token_expires_in: Some("soon".into()), ..spec() };
-        assert!(matches!(resolve(&life), Err(SpecError::BadDuration { field: "accessTokenExpiresIn", .. })));
-        let zero = ExactOAuthClientSpec { refresh_window: Some("0s".into()), ..spec() };
-        assert_eq!(resolve(&zero), Err(SpecError::ZeroDuration { field: "refreshWindow" }));
-        let empty = ExactOAuthClientSpec { client_id: " ".into(), ..spec() };
+        let http = ExactOAuthClientSpec {
+            token_url: Some("http://x/t".into()),
+            ..spec()
+        };
+        assert_eq!(
+            resolve(&http),
+            Err(SpecError::InsecureUrl { field: "tokenUrl" })
+        );
+        let ftp = ExactOAuthClientSpec {
+            token_url: Some("ftp://x/t".into()),
+            ..spec()
+        };
+        assert!(matches!(
+            resolve(&ftp),
+            Err(SpecError::BadUrl {
+                field: "tokenUrl",
+                ..
+            })
+        ));
+        let junk = ExactOAuthClientSpec {
+            authorization_url: Some("not a url".into()),
+            ..spec()
+        };
+        assert!(matches!(
+            resolve(&junk),
+            Err(SpecError::BadUrl {
+                field: "authorizationUrl",
+                ..
+            })
+        ));
+        let life = ExactOAuthClientSpec {
+            access_token_expires_in: Some("soon".into()),
+            ..spec()
+        };
+        assert!(matches!(
+            resolve(&life),
+            Err(SpecError::BadDuration {
+                field: "accessTokenExpiresIn",
+                ..
+            })
+        ));
+        let zero = ExactOAuthClientSpec {
+            refresh_window: Some("0s".into()),
+            ..spec()
+        };
+        assert_eq!(
+            resolve(&zero),
+            Err(SpecError::ZeroDuration {
+                field: "refreshWindow"
+            })
+        );
+        let empty = ExactOAuthClientSpec {
+            client_id: " ".into(),
+            ..spec()
+        };
         assert_eq!(resolve(&empty), Err(SpecError::EmptyClientId));
     }
 
@@ -203,10 +296,16 @@ mod tests {
         let s = spec();
         assert!(namespace_allowed(&s, "a", "a"));
         assert!(!namespace_allowed(&s, "a", "b"));
-        let listed = ExactOAuthClientSpec { allowed_namespaces: vec!["b".into()], ..spec() };
+        let listed = ExactOAuthClientSpec {
+            allowed_namespaces: vec!["b".into()],
+            ..spec()
+        };
         assert!(namespace_allowed(&listed, "a", "b"));
         assert!(!namespace_allowed(&listed, "a", "c"));
-        let all = ExactOAuthClientSpec { allowed_namespaces: vec!["*".into()], ..spec() };
+        let all = ExactOAuthClientSpec {
+            allowed_namespaces: vec!["*".into()],
+            ..spec()
+        };
         assert!(namespace_allowed(&all, "a", "zzz"));
     }
 }

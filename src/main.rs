@@ -25,19 +25,26 @@ struct Args {
     /// Token-call errors allowed per connection per rolling hour (Exact blocks apps at ~10).
     #[arg(long, env = "EXACT_MAX_ERRORS_PER_HOUR", default_value_t = 8)]
     max_errors_per_hour: u32,
+    /// Watch only this namespace instead of the whole cluster.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format, &args.log_level);
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("no Kubernetes configuration (KUBECONFIG or in-cluster): {e}"))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes configuration (KUBECONFIG or in-cluster): {e}")
+    })?;
     check_crds(&client).await?;
     let metrics = Metrics::default();
     let health = Health::default();
-    let settings = Settings { max_errors_per_hour: args.max_errors_per_hour, ..Settings::default() };
+    let settings = Settings {
+        max_errors_per_hour: args.max_errors_per_hour,
+        watch_namespace: args.namespace.filter(|n| !n.is_empty()),
+        ..Settings::default()
+    };
     let ctx = Arc::new(Context::new(client, identity(), settings, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await

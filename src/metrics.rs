@@ -35,23 +35,50 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("exact_operator");
         let token_calls = Family::<OutcomeLabel, Counter>::default();
-        registry.register("token_calls", "Token endpoint calls by outcome", token_calls.clone());
+        registry.register(
+            "token_calls",
+            "Token endpoint calls by outcome",
+            token_calls.clone(),
+        );
         let token_call_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
-        registry.register("token_call_duration_seconds", "Token endpoint call duration", token_call_duration.clone());
+        registry.register(
+            "token_call_duration_seconds",
+            "Token endpoint call duration",
+            token_call_duration.clone(),
+        );
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         let reconcile_errors = Counter::default();
-        registry.register("reconcile_errors", "Reconciles that failed", reconcile_errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed",
+            reconcile_errors.clone(),
+        );
         let connection_reasons = ReasonGauge::default();
-        registry.register("connection_ready_reason", "1 for the current Ready reason of each connection", connection_reasons.family.clone());
-        Metrics { registry: Arc::new(registry), token_calls, token_call_duration, reconciles, reconcile_errors, connection_reasons }
+        registry.register(
+            "connection_ready_reason",
+            "1 for the current Ready reason of each connection",
+            connection_reasons.family.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            token_calls,
+            token_call_duration,
+            reconciles,
+            reconcile_errors,
+            connection_reasons,
+        }
     }
 }
 
 impl Metrics {
     /// Counts one token call.
     pub fn token_call(&self, outcome: &str, seconds: f64) {
-        self.token_calls.get_or_create(&OutcomeLabel { outcome: outcome.to_string() }).inc();
+        self.token_calls
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
         self.token_call_duration.observe(seconds);
     }
 
@@ -81,11 +108,18 @@ impl Metrics {
     pub fn ready_reason(&self, namespace: &str, name: &str, reason: &str) {
         self.connection_reasons.clear_for(namespace, name);
         if let Ok(mut cur) = self.connection_reasons.current.lock() {
-            cur.insert((namespace.to_string(), name.to_string()), reason.to_string());
+            cur.insert(
+                (namespace.to_string(), name.to_string()),
+                reason.to_string(),
+            );
         }
         self.connection_reasons
             .family
-            .get_or_create(&ConnectionLabel { namespace: namespace.into(), name: name.into(), reason: reason.into() })
+            .get_or_create(&ConnectionLabel {
+                namespace: namespace.into(),
+                name: name.into(),
+                reason: reason.into(),
+            })
             .set(1);
     }
 }
@@ -102,7 +136,11 @@ impl ReasonGauge {
     fn clear_for(&self, namespace: &str, name: &str) {
         if let Ok(mut cur) = self.current.lock() {
             if let Some(old) = cur.remove(&(namespace.to_string(), name.to_string())) {
-                self.family.remove(&ConnectionLabel { namespace: namespace.into(), name: name.into(), reason: old });
+                self.family.remove(&ConnectionLabel {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    reason: old,
+                });
             }
         }
     }

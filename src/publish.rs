@@ -12,7 +12,13 @@ use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 
 /// Keys of the workload Secret, in the order documented in the README.
-pub const KEYS: [&str; 5] = ["access_token", "token_type", "expires_at", "division", "api_base_url"];
+pub const KEYS: [&str; 5] = [
+    "access_token",
+    "token_type",
+    "expires_at",
+    "division",
+    "api_base_url",
+];
 
 /// What workloads get.
 pub struct WorkloadToken<'a> {
@@ -72,7 +78,11 @@ pub struct Target<'a> {
 }
 
 /// Creates or updates the workload Secret if it differs; never touches a foreign Secret.
-pub async fn publish(api: &Api<Secret>, target: &Target<'_>, data: BTreeMap<String, ByteString>) -> Result<Published, kube::Error> {
+pub async fn publish(
+    api: &Api<Secret>,
+    target: &Target<'_>,
+    data: BTreeMap<String, ByteString>,
+) -> Result<Published, kube::Error> {
     let existing = api.get_opt(target.name).await?;
     let mut labels = target.labels.clone();
     labels.extend(managed_labels(target.connection, "token"));
@@ -81,8 +91,14 @@ pub async fn publish(api: &Api<Secret>, target: &Target<'_>, data: BTreeMap<Stri
         if !owned_by(current, &target.owner.uid) {
             return Ok(Published::Conflict);
         }
-        let meta_same = current.metadata.labels.as_ref().is_some_and(|l| labels.iter().all(|(k, v)| l.get(k) == Some(v)))
-            && annotations.iter().all(|(k, v)| current.metadata.annotations.as_ref().and_then(|a| a.get(k)) == Some(v));
+        let meta_same = current
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| labels.iter().all(|(k, v)| l.get(k) == Some(v)))
+            && annotations.iter().all(|(k, v)| {
+                current.metadata.annotations.as_ref().and_then(|a| a.get(k)) == Some(v)
+            });
         if meta_same && same_data(current.data.as_ref(), &data) {
             return Ok(Published::Unchanged);
         }
@@ -90,7 +106,9 @@ pub async fn publish(api: &Api<Secret>, target: &Target<'_>, data: BTreeMap<Stri
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(target.name.to_string()),
-            resource_version: existing.as_ref().and_then(|s| s.metadata.resource_version.clone()),
+            resource_version: existing
+                .as_ref()
+                .and_then(|s| s.metadata.resource_version.clone()),
             labels: Some(labels),
             annotations: (!annotations.is_empty()).then_some(annotations),
             owner_references: Some(vec![target.owner.clone()]),
@@ -101,7 +119,10 @@ pub async fn publish(api: &Api<Secret>, target: &Target<'_>, data: BTreeMap<Stri
         ..Default::default()
     };
     match existing {
-        Some(_) => api.replace(target.name, &PostParams::default(), &secret).await?,
+        Some(_) => {
+            api.replace(target.name, &PostParams::default(), &secret)
+                .await?
+        }
         None => api.create(&PostParams::default(), &secret).await?,
     };
     Ok(Published::Written)
@@ -121,9 +142,21 @@ mod tests {
             api_base_url: "https://start.exactonline.nl/api",
         });
         let keys: Vec<&str> = data.keys().map(String::as_str).collect();
-        assert_eq!(keys, vec!["access_token", "api_base_url", "division", "expires_at", "token_type"]);
+        assert_eq!(
+            keys,
+            vec![
+                "access_token",
+                "api_base_url",
+                "division",
+                "expires_at",
+                "token_type"
+            ]
+        );
         assert!(!data.contains_key("refresh_token"));
-        assert_eq!(data["api_base_url"].0, b"https://start.exactonline.nl/api/v1/42");
+        assert_eq!(
+            data["api_base_url"].0,
+            b"https://start.exactonline.nl/api/v1/42"
+        );
         assert_eq!(data["token_type"].0, b"Bearer");
         assert_eq!(data["expires_at"].0, b"2027-01-15T08:00:00Z");
     }

@@ -4,8 +4,10 @@
 //! 3. persist the rotated refresh token before anything else, retrying while the process lives.
 
 use crate::context::Context;
+use crate::schedule::{
+    access_token_expires_at, after_failure, after_too_early, record_error, RefreshPolicy,
+};
 use crate::secrets::{is_conflict, load_state, write_state};
-use crate::schedule::{access_token_expires_at, after_failure, after_too_early, record_error, RefreshPolicy};
 use crate::state::{Claim, ConnectionState, DeadChain};
 use crate::token::{ExpiresIn, Grant, TokenEndpoint, TokenGrant, TokenOutcome};
 use jiff::{SignedDuration, Timestamp};
@@ -30,22 +32,43 @@ pub struct StateHandle {
 
 impl StateHandle {
     /// Conditional write (create when `rv` is None).
-    pub async fn write(&self, state: &ConnectionState, rv: Option<&str>) -> Result<String, kube::Error> {
-        write_state(&self.api, &self.name, &self.owner, &self.connection, state, rv).await
+    pub async fn write(
+        &self,
+        state: &ConnectionState,
+        rv: Option<&str>,
+    ) -> Result<String, kube::Error> {
+        write_state(
+            &self.api,
+            &self.name,
+            &self.owner,
+            &self.connection,
+            state,
+            rv,
+        )
+        .await
     }
 
     /// Persists `state` no matter what, as long as the process lives: the rotated refresh token
     /// exists nowhere else. On a conflict it re-reads; it overwrites only when the stored chain
     /// is still the one we consumed (`consumed`), otherwise somebody holds a newer token and
     /// ours must not replace it.
-    pub async fn persist(&self, state: &ConnectionState, mut rv: Option<String>, consumed: &str) -> Result<String, kube::Error> {
+    pub async fn persist(
+        &self,
+        state: &ConnectionState,
+        mut rv: Option<String>,
+        consumed: &str,
+    ) -> Result<String, kube::Error> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.write(state, rv.as_deref()).await {
                 Ok(new_rv) => return Ok(new_rv),
                 Err(e) if is_conflict(&e) => match load_state(&self.api, &self.name).await {
                     Ok(current) => {
-                        let same_chain = current.state.refresh_token.as_ref().map(|t| t.expose_secret() == consumed);
+                        let same_chain = current
+                            .state
+                            .refresh_token
+                            .as_ref()
+                            .map(|t| t.expose_secret() == consumed);
                         if same_chain.unwrap_or(current.resource_version.is_none()) {
                             rv = current.resource_version;
                             continue;
@@ -53,9 +76,13 @@ impl StateHandle {
                         tracing::warn!(state = %self.name, "state changed to another chain while persisting; keeping the stored one");
                         return Err(e);
                     }
-                    Err(e) => tracing::warn!(state = %self.name, error = %e, "re-reading state failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(state = %self.name, error = %e, "re-reading state failed; retrying")
+                    }
                 },
-                Err(e) => tracing::warn!(state = %self.name, error = %e, "persisting rotated token failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(state = %self.name, error = %e, "persisting rotated token failed; retrying")
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -66,7 +93,10 @@ impl StateHandle {
 /// How a refresh attempt ended (state already persisted where it says so).
 pub enum RefreshEnd {
     /// New tokens persisted.
-    Rotated { state: ConnectionState, resource_version: String },
+    Rotated {
+        state: ConnectionState,
+        resource_version: String,
+    },
     /// Another process holds the claim, or wrote the state meanwhile: look again soon.
     Contended,
     /// Refused as too early; next attempt scheduled in state.
@@ -76,7 +106,10 @@ pub enum RefreshEnd {
     /// The chain (or the client) is dead; recorded in state.
     Dead { state: ConnectionState },
     /// A retryable failure; backoff recorded in state.
-    Failed { state: ConnectionState, reason: String },
+    Failed {
+        state: ConnectionState,
+        reason: String,
+    },
 }
 
 fn to_signed(d: Duration) -> SignedDuration {
@@ -107,7 +140,9 @@ pub async fn refresh(
     let now = Timestamp::now();
     state.claim = Some(Claim {
         holder: ctx.identity.clone(),
-        until: now.saturating_add(to_signed(ctx.settings.claim_ttl)).unwrap_or(now),
+        until: now
+            .saturating_add(to_signed(ctx.settings.claim_ttl))
+            .unwrap_or(now),
     });
     let claimed_rv = match handle.write(&state, rv.as_deref()).await {
         Ok(v) => v,
@@ -118,7 +153,8 @@ pub async fn refresh(
     let started = Instant::now();
     let outcome = job.endpoint.call(Grant::RefreshToken(&refresh_token)).await;
     let label = outcome_label(&outcome);
-    ctx.metrics.token_call(label, started.elapsed().as_secs_f64());
+    ctx.metrics
+        .token_call(label, started.elapsed().as_secs_f64());
     tracing::info!(connection = %handle.connection, outcome = label, "token call");
     state.claim = None;
     let consumed = refresh_token.expose_secret().to_string();
@@ -126,11 +162,18 @@ pub async fn refresh(
         TokenOutcome::Granted(grant) => {
             apply_grant(&mut state, grant, job.policy, sent_at);
             let resource_version = handle.persist(&state, Some(claimed_rv), &consumed).await?;
-            Ok(RefreshEnd::Rotated { state, resource_version })
+            Ok(RefreshEnd::Rotated {
+                state,
+                resource_version,
+            })
         }
         TokenOutcome::TooEarly => {
             state.times.too_early_refusals += 1;
-            state.not_before = Some(after_too_early(job.policy, state.times.too_early_refusals, Timestamp::now()));
+            state.not_before = Some(after_too_early(
+                job.policy,
+                state.times.too_early_refusals,
+                Timestamp::now(),
+            ));
             handle.persist(&state, Some(claimed_rv), &consumed).await?;
             Ok(RefreshEnd::TooEarly { state })
         }
@@ -140,13 +183,24 @@ pub async fn refresh(
         | TokenOutcome::InvalidClient(_) => {
             // Someone may have written a newer token while we called: then ours was simply old.
             let current = load_state(&handle.api, &handle.name).await?;
-            if current.state.refresh_token.as_ref().is_some_and(|t| t.expose_secret() != consumed) {
+            if current
+                .state
+                .refresh_token
+                .as_ref()
+                .is_some_and(|t| t.expose_secret() != consumed)
+            {
                 return Ok(RefreshEnd::NewerTokenExists);
             }
             let (reason, message) = dead_reason(&outcome);
             state.times.recent_errors = record_error(&state.times.recent_errors, Timestamp::now());
-            state.dead = Some(DeadChain { reason: reason.into(), message, fingerprint: job.fingerprint.into() });
-            handle.persist(&state, current.resource_version, &consumed).await?;
+            state.dead = Some(DeadChain {
+                reason: reason.into(),
+                message,
+                fingerprint: job.fingerprint.into(),
+            });
+            handle
+                .persist(&state, current.resource_version, &consumed)
+                .await?;
             Ok(RefreshEnd::Dead { state })
         }
         TokenOutcome::Blocked(retry_after) => {
@@ -156,14 +210,26 @@ pub async fn refresh(
             let wait = retry_after.unwrap_or(Duration::from_secs(3600));
             state.not_before = Some(now.saturating_add(to_signed(wait)).unwrap_or(now));
             handle.persist(&state, Some(claimed_rv), &consumed).await?;
-            Ok(RefreshEnd::Failed { state, reason: "Exact blocked the app for too many errors".into() })
+            Ok(RefreshEnd::Failed {
+                state,
+                reason: "Exact blocked the app for too many errors".into(),
+            })
         }
-        TokenOutcome::Transient { reason, retry_after } => {
+        TokenOutcome::Transient {
+            reason,
+            retry_after,
+        } => {
             let now = Timestamp::now();
             state.times.consecutive_failures += 1;
             state.times.recent_errors = record_error(&state.times.recent_errors, now);
             let jitter = rand::thread_rng().gen_range(0.0..=1.0);
-            state.not_before = Some(after_failure(job.policy, &state.times, retry_after, jitter, now));
+            state.not_before = Some(after_failure(
+                job.policy,
+                &state.times,
+                retry_after,
+                jitter,
+                now,
+            ));
             handle.persist(&state, Some(claimed_rv), &consumed).await?;
             Ok(RefreshEnd::Failed { state, reason })
         }
@@ -171,7 +237,12 @@ pub async fn refresh(
 }
 
 /// Folds a grant into the state: new tokens, expiry measured from the send time.
-pub fn apply_grant(state: &mut ConnectionState, grant: TokenGrant, policy: &RefreshPolicy, sent_at: Timestamp) {
+pub fn apply_grant(
+    state: &mut ConnectionState,
+    grant: TokenGrant,
+    policy: &RefreshPolicy,
+    sent_at: Timestamp,
+) {
     let (lifetime, warning) = match grant.expires_in {
         ExpiresIn::Given(d) => (d, None),
         ExpiresIn::Missing => (policy.access_token_lifetime, None),

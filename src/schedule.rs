@@ -51,7 +51,12 @@ fn sub(t: Timestamp, d: Duration) -> Timestamp {
 /// one only keeps its refresh token alive, halfway through the refresh token's life, which is
 /// well before Exact forgets an unused one. An unknown expiry means "now": the first refresh
 /// after an import tells us the real state (a too-early answer consumes nothing).
-pub fn next_refresh(policy: &RefreshPolicy, times: &TokenTimes, suspended: bool, now: Timestamp) -> Timestamp {
+pub fn next_refresh(
+    policy: &RefreshPolicy,
+    times: &TokenTimes,
+    suspended: bool,
+    now: Timestamp,
+) -> Timestamp {
     if suspended {
         return match times.refresh_token_issued_at {
             Some(issued) => add(issued, policy.refresh_token_lifetime / 2),
@@ -81,7 +86,10 @@ pub fn access_token_expires_at(sent_at: Timestamp, expires_in: Duration) -> Time
 /// whole token lifetime: at most a handful of refused calls, each of which consumes nothing.
 pub fn after_too_early(policy: &RefreshPolicy, refusals: u32, now: Timestamp) -> Timestamp {
     let first = (policy.refresh_window / 2).max(Duration::from_millis(500));
-    let cap = policy.access_token_lifetime.saturating_sub(policy.refresh_window).max(first);
+    let cap = policy
+        .access_token_lifetime
+        .saturating_sub(policy.refresh_window)
+        .max(first);
     let factor = 2u32.saturating_pow(refusals.saturating_sub(1).min(20));
     add(now, first.saturating_mul(factor).min(cap))
 }
@@ -108,7 +116,9 @@ pub fn after_failure(
 ) -> Timestamp {
     let base = backoff_base(policy);
     let exp = times.consecutive_failures.saturating_sub(1).min(20);
-    let full = base.saturating_mul(2u32.saturating_pow(exp)).min(MAX_BACKOFF);
+    let full = base
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(MAX_BACKOFF);
     let jitter = jitter.clamp(0.0, 1.0);
     let mut delay = full.mul_f64(0.5 + 0.5 * jitter);
     if let Some(ra) = retry_after {
@@ -128,9 +138,17 @@ pub fn after_failure(
 }
 
 /// When the hourly error budget has room again, or None when it has room now.
-pub fn error_budget_reopens(policy: &RefreshPolicy, recent: &[Timestamp], now: Timestamp) -> Option<Timestamp> {
+pub fn error_budget_reopens(
+    policy: &RefreshPolicy,
+    recent: &[Timestamp],
+    now: Timestamp,
+) -> Option<Timestamp> {
     let hour = Duration::from_secs(3600);
-    let mut in_window: Vec<Timestamp> = recent.iter().copied().filter(|t| add(*t, hour) > now).collect();
+    let mut in_window: Vec<Timestamp> = recent
+        .iter()
+        .copied()
+        .filter(|t| add(*t, hour) > now)
+        .collect();
     if (in_window.len() as u32) < policy.max_errors_per_hour.max(1) {
         return None;
     }
@@ -142,7 +160,11 @@ pub fn error_budget_reopens(policy: &RefreshPolicy, recent: &[Timestamp], now: T
 /// Keeps only the errors of the last hour plus `now`, bounded in size.
 pub fn record_error(recent: &[Timestamp], now: Timestamp) -> Vec<Timestamp> {
     let hour = Duration::from_secs(3600);
-    let mut v: Vec<Timestamp> = recent.iter().copied().filter(|t| add(*t, hour) > now).collect();
+    let mut v: Vec<Timestamp> = recent
+        .iter()
+        .copied()
+        .filter(|t| add(*t, hour) > now)
+        .collect();
     v.push(now);
     let skip = v.len().saturating_sub(32);
     v.split_off(skip)
@@ -176,7 +198,10 @@ mod tests {
         let p = exact();
         let expires = access_token_expires_at(t(0), Duration::from_secs(600));
         assert_eq!(expires, t(600));
-        let times = TokenTimes { access_token_expires_at: Some(expires), ..Default::default() };
+        let times = TokenTimes {
+            access_token_expires_at: Some(expires),
+            ..Default::default()
+        };
         let at = next_refresh(&p, &times, false, t(1));
         assert_eq!(at, t(575));
         // Inside Exact's window: at most 30 s left, so never a too-early refusal.
@@ -185,7 +210,10 @@ mod tests {
 
     #[test]
     fn unknown_expiry_refreshes_now() {
-        assert_eq!(next_refresh(&exact(), &TokenTimes::default(), false, t(5)), t(5));
+        assert_eq!(
+            next_refresh(&exact(), &TokenTimes::default(), false, t(5)),
+            t(5)
+        );
     }
 
     #[test]
@@ -213,15 +241,28 @@ mod tests {
     #[test]
     fn failure_backoff_grows_with_jitter_and_respects_retry_after() {
         let p = exact();
-        let mut times = TokenTimes { consecutive_failures: 1, ..Default::default() };
+        let mut times = TokenTimes {
+            consecutive_failures: 1,
+            ..Default::default()
+        };
         let first = after_failure(&p, &times, None, 1.0, t(0));
         assert_eq!(first.duration_since(t(0)).as_millis(), 3750);
         let low = after_failure(&p, &times, None, 0.0, t(0));
         assert_eq!(low.duration_since(t(0)).as_millis(), 1875);
         times.consecutive_failures = 4;
-        assert_eq!(after_failure(&p, &times, None, 1.0, t(0)).duration_since(t(0)).as_secs(), 30);
+        assert_eq!(
+            after_failure(&p, &times, None, 1.0, t(0))
+                .duration_since(t(0))
+                .as_secs(),
+            30
+        );
         times.consecutive_failures = 30;
-        assert_eq!(after_failure(&p, &times, None, 1.0, t(0)).duration_since(t(0)).as_secs(), 300);
+        assert_eq!(
+            after_failure(&p, &times, None, 1.0, t(0))
+                .duration_since(t(0))
+                .as_secs(),
+            300
+        );
         times.consecutive_failures = 1;
         let ra = after_failure(&p, &times, Some(Duration::from_secs(42)), 0.5, t(0));
         assert_eq!(ra.duration_since(t(0)).as_secs(), 42);
@@ -248,7 +289,11 @@ mod tests {
             recent = record_error(&recent, t(i * 10));
         }
         assert_eq!(error_budget_reopens(&p, &recent, t(100)), Some(t(3600)));
-        let times = TokenTimes { recent_errors: recent.clone(), consecutive_failures: 8, ..Default::default() };
+        let times = TokenTimes {
+            recent_errors: recent.clone(),
+            consecutive_failures: 8,
+            ..Default::default()
+        };
         assert_eq!(after_failure(&p, &times, None, 1.0, t(100)), t(3600));
         assert_eq!(error_budget_reopens(&p, &recent[1..], t(100)), None);
         // Old errors drop out of the window.
@@ -258,7 +303,10 @@ mod tests {
     #[test]
     fn refresh_before_must_fit_the_window() {
         assert!(refresh_before_fits(&exact()));
-        let wide = RefreshPolicy { refresh_before: Duration::from_secs(31), ..exact() };
+        let wide = RefreshPolicy {
+            refresh_before: Duration::from_secs(31),
+            ..exact()
+        };
         assert!(!refresh_before_fits(&wide));
     }
 }

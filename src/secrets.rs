@@ -27,10 +27,18 @@ pub enum RefError {
     SecretMissing { namespace: String, name: String },
     /// The key is not in the Secret.
     #[error("Secret {namespace}/{name} has no key {key:?}")]
-    KeyMissing { namespace: String, name: String, key: String },
+    KeyMissing {
+        namespace: String,
+        name: String,
+        key: String,
+    },
     /// The value is empty, whitespace or not UTF-8 text.
     #[error("Secret {namespace}/{name} key {key:?} is empty or not text")]
-    BadValue { namespace: String, name: String, key: String },
+    BadValue {
+        namespace: String,
+        name: String,
+        key: String,
+    },
     /// The API server could not be asked.
     #[error("reading Secret {namespace}/{name}: {source}")]
     Api {
@@ -52,26 +60,56 @@ pub fn is_conflict(e: &kube::Error) -> bool {
 }
 
 /// Reads `key` of Secret `name`, trimmed. Values are text tokens; binary garbage is refused.
-pub async fn read_key(api: &Api<Secret>, namespace: &str, name: &str, key: &str) -> Result<SecretString, RefError> {
+pub async fn read_key(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<SecretString, RefError> {
     let secret = match api.get_opt(name).await {
         Ok(Some(s)) => s,
-        Ok(None) => return Err(RefError::SecretMissing { namespace: namespace.into(), name: name.into() }),
-        Err(source) => return Err(RefError::Api { namespace: namespace.into(), name: name.into(), source }),
+        Ok(None) => {
+            return Err(RefError::SecretMissing {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+        Err(source) => {
+            return Err(RefError::Api {
+                namespace: namespace.into(),
+                name: name.into(),
+                source,
+            })
+        }
     };
     let raw = secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
         .map(|b| b.0.clone())
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.clone().into_bytes()));
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        });
     let Some(raw) = raw else {
-        return Err(RefError::KeyMissing { namespace: namespace.into(), name: name.into(), key: key.into() });
+        return Err(RefError::KeyMissing {
+            namespace: namespace.into(),
+            name: name.into(),
+            key: key.into(),
+        });
     };
     match String::from_utf8(raw) {
         Ok(s) if !s.trim().is_empty() && !s.trim().chars().any(char::is_control) => {
             Ok(SecretString::from(s.trim().to_string()))
         }
-        _ => Err(RefError::BadValue { namespace: namespace.into(), name: name.into(), key: key.into() }),
+        _ => Err(RefError::BadValue {
+            namespace: namespace.into(),
+            name: name.into(),
+            key: key.into(),
+        }),
     }
 }
 
@@ -95,7 +133,10 @@ pub async fn load_state(api: &Api<Secret>, name: &str) -> Result<StoredState, ku
             state: ConnectionState::from_data(&s.data.unwrap_or_default()),
             resource_version: s.metadata.resource_version,
         },
-        None => StoredState { state: ConnectionState::default(), resource_version: None },
+        None => StoredState {
+            state: ConnectionState::default(),
+            resource_version: None,
+        },
     })
 }
 
@@ -147,6 +188,9 @@ pub fn owned_by(secret: &Secret, uid: &str) -> bool {
 }
 
 /// Compares Secret data without exposing it.
-pub fn same_data(a: Option<&BTreeMap<String, ByteString>>, b: &BTreeMap<String, ByteString>) -> bool {
+pub fn same_data(
+    a: Option<&BTreeMap<String, ByteString>>,
+    b: &BTreeMap<String, ByteString>,
+) -> bool {
     a.is_some_and(|a| a == b)
 }

@@ -17,7 +17,9 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -35,7 +37,10 @@ pub fn identity() -> String {
 }
 
 /// The CRDs the operator serves.
-pub const CRD_NAMES: [&str; 2] = ["exactoauthclients.exact-operator.io", "exactconnections.exact-operator.io"];
+pub const CRD_NAMES: [&str; 2] = [
+    "exactoauthclients.exact-operator.io",
+    "exactconnections.exact-operator.io",
+];
 
 /// Fails with a clear message when a CRD is missing.
 pub async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {

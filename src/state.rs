@@ -109,8 +109,12 @@ impl ConnectionState {
             times: TokenTimes {
                 access_token_expires_at: time(data, K_EXPIRES),
                 refresh_token_issued_at: time(data, K_RT_ISSUED),
-                consecutive_failures: text(data, K_FAILURES).and_then(|s| s.parse().ok()).unwrap_or(0),
-                too_early_refusals: text(data, K_TOO_EARLY).and_then(|s| s.parse().ok()).unwrap_or(0),
+                consecutive_failures: text(data, K_FAILURES)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                too_early_refusals: text(data, K_TOO_EARLY)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
                 recent_errors: text(data, K_ERRORS)
                     .map(|s| s.split(',').filter_map(|t| t.parse().ok()).collect())
                     .unwrap_or_default(),
@@ -133,15 +137,39 @@ impl ConnectionState {
                 m.insert(k.to_string(), ByteString(v.into_bytes()));
             }
         };
-        put(K_REFRESH, self.refresh_token.as_ref().map(|s| s.expose_secret().to_string()));
-        put(K_ACCESS, self.access_token.as_ref().map(|s| s.expose_secret().to_string()));
-        put(K_EXPIRES, self.times.access_token_expires_at.map(|t| t.to_string()));
-        put(K_RT_ISSUED, self.times.refresh_token_issued_at.map(|t| t.to_string()));
+        put(
+            K_REFRESH,
+            self.refresh_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_string()),
+        );
+        put(
+            K_ACCESS,
+            self.access_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_string()),
+        );
+        put(
+            K_EXPIRES,
+            self.times.access_token_expires_at.map(|t| t.to_string()),
+        );
+        put(
+            K_RT_ISSUED,
+            self.times.refresh_token_issued_at.map(|t| t.to_string()),
+        );
         put(K_LAST, self.last_refresh_at.map(|t| t.to_string()));
-        put(K_FAILURES, Some(self.times.consecutive_failures.to_string()));
+        put(
+            K_FAILURES,
+            Some(self.times.consecutive_failures.to_string()),
+        );
         put(K_TOO_EARLY, Some(self.times.too_early_refusals.to_string()));
         if !self.times.recent_errors.is_empty() {
-            let joined: Vec<String> = self.times.recent_errors.iter().map(|t| t.to_string()).collect();
+            let joined: Vec<String> = self
+                .times
+                .recent_errors
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
             put(K_ERRORS, Some(joined.join(",")));
         }
         put(K_DIVISION, self.division.map(|d| d.to_string()));
@@ -162,7 +190,9 @@ impl ConnectionState {
 
     /// Whether a claim by someone other than `me` is still in force at `now`.
     pub fn claimed_by_other(&self, me: &str, now: Timestamp) -> Option<&Claim> {
-        self.claim.as_ref().filter(|c| c.holder != me && c.until > now)
+        self.claim
+            .as_ref()
+            .filter(|c| c.holder != me && c.until > now)
     }
 
     /// Whether the stored access token is still usable at `now`.
@@ -191,14 +221,27 @@ mod tests {
             last_refresh_at: Some(t(0)),
             division: Some(42),
             bootstrap_digest: Some(digest("boot")),
-            claim: Some(Claim { holder: "op-1".into(), until: t(60) }),
-            dead: Some(DeadChain { reason: "ReauthorizationRequired".into(), message: "m".into(), fingerprint: "f".into() }),
+            claim: Some(Claim {
+                holder: "op-1".into(),
+                until: t(60),
+            }),
+            dead: Some(DeadChain {
+                reason: "ReauthorizationRequired".into(),
+                message: "m".into(),
+                fingerprint: "f".into(),
+            }),
             not_before: Some(t(30)),
             warning: Some("w".into()),
         };
         let back = ConnectionState::from_data(&st.to_data());
-        assert_eq!(back.refresh_token.map(|s| s.expose_secret().to_string()), Some("r1".into()));
-        assert_eq!(back.access_token.map(|s| s.expose_secret().to_string()), Some("a1".into()));
+        assert_eq!(
+            back.refresh_token.map(|s| s.expose_secret().to_string()),
+            Some("r1".into())
+        );
+        assert_eq!(
+            back.access_token.map(|s| s.expose_secret().to_string()),
+            Some("a1".into())
+        );
         assert_eq!(back.times, st.times);
         assert_eq!(back.division, Some(42));
         assert_eq!(back.claim, st.claim);
@@ -211,7 +254,13 @@ mod tests {
     #[test]
     fn claims_expire_and_belong_to_their_holder() {
         let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("valid");
-        let st = ConnectionState { claim: Some(Claim { holder: "a".into(), until: t(60) }), ..Default::default() };
+        let st = ConnectionState {
+            claim: Some(Claim {
+                holder: "a".into(),
+                until: t(60),
+            }),
+            ..Default::default()
+        };
         assert!(st.claimed_by_other("b", t(10)).is_some());
         assert!(st.claimed_by_other("a", t(10)).is_none());
         assert!(st.claimed_by_other("b", t(61)).is_none());

@@ -19,7 +19,10 @@ pub enum Grant<'a> {
     /// Rotate a refresh token.
     RefreshToken(&'a SecretString),
     /// Exchange an authorization code (already percent-decoded exactly once).
-    AuthorizationCode { code: &'a SecretString, redirect_uri: &'a str },
+    AuthorizationCode {
+        code: &'a SecretString,
+        redirect_uri: &'a str,
+    },
 }
 
 /// How the `expires_in` of a successful answer looked.
@@ -46,7 +49,9 @@ pub struct TokenGrant {
 
 impl std::fmt::Debug for TokenGrant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenGrant").field("expires_in", &self.expires_in).finish_non_exhaustive()
+        f.debug_struct("TokenGrant")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,7 +73,10 @@ pub enum TokenOutcome {
     /// The app is blocked for too many errors.
     Blocked(Option<Duration>),
     /// 5xx, 429, timeouts, lost connections, empty or non-JSON bodies: retry with backoff.
-    Transient { reason: String, retry_after: Option<Duration> },
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -108,31 +116,57 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Toke
     if status == 200 {
         let parsed: Result<SuccessBody, _> = serde_json::from_slice(body);
         return match parsed {
-            Ok(SuccessBody { access_token: Some(at), refresh_token, expires_in }) if !at.is_empty() => {
-                TokenOutcome::Granted(TokenGrant {
-                    access_token: SecretString::from(at),
-                    refresh_token: refresh_token.filter(|r| !r.is_empty()).map(SecretString::from),
-                    expires_in: parse_expires_in(expires_in.as_ref()),
-                })
-            }
-            Ok(_) => TokenOutcome::Transient { reason: "200 answer without an access_token".into(), retry_after },
-            Err(_) if body.is_empty() => TokenOutcome::Transient { reason: "200 answer with an empty body".into(), retry_after },
-            Err(_) => TokenOutcome::Transient { reason: "200 answer that is not token JSON".into(), retry_after },
+            Ok(SuccessBody {
+                access_token: Some(at),
+                refresh_token,
+                expires_in,
+            }) if !at.is_empty() => TokenOutcome::Granted(TokenGrant {
+                access_token: SecretString::from(at),
+                refresh_token: refresh_token
+                    .filter(|r| !r.is_empty())
+                    .map(SecretString::from),
+                expires_in: parse_expires_in(expires_in.as_ref()),
+            }),
+            Ok(_) => TokenOutcome::Transient {
+                reason: "200 answer without an access_token".into(),
+                retry_after,
+            },
+            Err(_) if body.is_empty() => TokenOutcome::Transient {
+                reason: "200 answer with an empty body".into(),
+                retry_after,
+            },
+            Err(_) => TokenOutcome::Transient {
+                reason: "200 answer that is not token JSON".into(),
+                retry_after,
+            },
         };
     }
     let err: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    let code = err.as_ref().and_then(|e| e.error.clone()).unwrap_or_default();
-    let desc = err.as_ref().and_then(|e| e.error_description.clone()).unwrap_or_default();
+    let code = err
+        .as_ref()
+        .and_then(|e| e.error.clone())
+        .unwrap_or_default();
+    let desc = err
+        .as_ref()
+        .and_then(|e| e.error_description.clone())
+        .unwrap_or_default();
     let lower = desc.to_ascii_lowercase();
     match (status, code.as_str()) {
         (400, "access_denied") if lower.contains("not expired") => TokenOutcome::TooEarly,
-        (400 | 401, "unauthorized_client") if lower.contains("old refresh token") => TokenOutcome::OldRefreshTokenUsed,
-        (400 | 401, _) if lower.contains("refresh token expired") => TokenOutcome::RefreshTokenExpired,
+        (400 | 401, "unauthorized_client") if lower.contains("old refresh token") => {
+            TokenOutcome::OldRefreshTokenUsed
+        }
+        (400 | 401, _) if lower.contains("refresh token expired") => {
+            TokenOutcome::RefreshTokenExpired
+        }
         (400 | 401, "invalid_grant") => TokenOutcome::InvalidGrant(short(&desc)),
         (400 | 401, "invalid_client") => TokenOutcome::InvalidClient(short(&desc)),
         (400 | 401, "unauthorized_client") => TokenOutcome::InvalidClient(short(&desc)),
         (403, _) => TokenOutcome::Blocked(retry_after),
-        (429, _) => TokenOutcome::Transient { reason: "429 rate limited".into(), retry_after },
+        (429, _) => TokenOutcome::Transient {
+            reason: "429 rate limited".into(),
+            retry_after,
+        },
         (s, _) if s >= 500 => {
             let what = if err.as_ref().is_some_and(|e| e.fault.is_some()) {
                 "fault"
@@ -141,10 +175,16 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Toke
             } else {
                 "error"
             };
-            TokenOutcome::Transient { reason: format!("{s} {what} from token endpoint"), retry_after }
+            TokenOutcome::Transient {
+                reason: format!("{s} {what} from token endpoint"),
+                retry_after,
+            }
         }
         (s, c) => TokenOutcome::Transient {
-            reason: format!("unexpected {s} {} from token endpoint", if c.is_empty() { "answer" } else { c }),
+            reason: format!(
+                "unexpected {s} {} from token endpoint",
+                if c.is_empty() { "answer" } else { c }
+            ),
             retry_after,
         },
     }
@@ -207,7 +247,10 @@ impl TokenEndpoint<'_> {
         let ra = retry_after(resp.headers());
         match read_limited(resp).await {
             Ok(body) => classify(status, ra, &body),
-            Err(reason) => TokenOutcome::Transient { reason, retry_after: ra },
+            Err(reason) => TokenOutcome::Transient {
+                reason,
+                retry_after: ra,
+            },
         }
     }
 }
@@ -221,7 +264,10 @@ fn transport_failure(e: &reqwest::Error) -> TokenOutcome {
     } else {
         "connection lost before an answer"
     };
-    TokenOutcome::Transient { reason: format!("token endpoint {kind}"), retry_after: None }
+    TokenOutcome::Transient {
+        reason: format!("token endpoint {kind}"),
+        retry_after: None,
+    }
 }
 
 async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
@@ -235,7 +281,9 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) if e.is_timeout() => return Err("token endpoint timed out while answering".into()),
+            Err(e) if e.is_timeout() => {
+                return Err("token endpoint timed out while answering".into())
+            }
             Err(_) => return Err("connection lost while reading the answer".into()),
         }
     }
@@ -255,13 +303,20 @@ pub async fn discover_division(
         .timeout(REQUEST_TIMEOUT)
         .send()
         .await
-        .map_err(|e| if e.is_timeout() { "Me request timed out".to_string() } else { "Me request failed".to_string() })?;
+        .map_err(|e| {
+            if e.is_timeout() {
+                "Me request timed out".to_string()
+            } else {
+                "Me request failed".to_string()
+            }
+        })?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("Me request answered {}", status.as_u16()));
     }
     let body = read_limited(resp).await?;
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| "Me answer is not JSON".to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| "Me answer is not JSON".to_string())?;
     v.pointer("/d/results/0/CurrentDivision")
         .or_else(|| v.pointer("/d/CurrentDivision"))
         .and_then(|d| d.as_i64())
@@ -284,57 +339,120 @@ mod tests {
         let body = br#"{"access_token":"AAA","token_type":"bearer","expires_in":"600","refresh_token":"RRR"}"#;
         let g = granted(classify(200, None, body));
         assert_eq!(g.access_token.expose_secret(), "AAA");
-        assert_eq!(g.refresh_token.as_ref().map(|r| r.expose_secret().to_string()), Some("RRR".into()));
+        assert_eq!(
+            g.refresh_token
+                .as_ref()
+                .map(|r| r.expose_secret().to_string()),
+            Some("RRR".into())
+        );
         assert_eq!(g.expires_in, ExpiresIn::Given(Duration::from_secs(600)));
-        let numeric = granted(classify(200, None, br#"{"access_token":"A","expires_in":600}"#));
-        assert_eq!(numeric.expires_in, ExpiresIn::Given(Duration::from_secs(600)));
+        let numeric = granted(classify(
+            200,
+            None,
+            br#"{"access_token":"A","expires_in":600}"#,
+        ));
+        assert_eq!(
+            numeric.expires_in,
+            ExpiresIn::Given(Duration::from_secs(600))
+        );
         assert!(numeric.refresh_token.is_none());
     }
 
     #[test]
     fn unusable_expires_in_is_reported_not_trusted() {
-        for (raw, shown) in [("\"0\"", "0"), ("\"-5\"", "-5"), ("\"99999999\"", "99999999"), ("\"soon\"", "soon")] {
+        for (raw, shown) in [
+            ("\"0\"", "0"),
+            ("\"-5\"", "-5"),
+            ("\"99999999\"", "99999999"),
+            ("\"soon\"", "soon"),
+        ] {
             let body = format!(r#"{{"access_token":"A","refresh_token":"R","expires_in":{raw}}}"#);
-            assert_eq!(granted(classify(200, None, body.as_bytes())).expires_in, ExpiresIn::Unusable(shown.into()));
+            assert_eq!(
+                granted(classify(200, None, body.as_bytes())).expires_in,
+                ExpiresIn::Unusable(shown.into())
+            );
         }
-        assert_eq!(granted(classify(200, None, br#"{"access_token":"A"}"#)).expires_in, ExpiresIn::Missing);
+        assert_eq!(
+            granted(classify(200, None, br#"{"access_token":"A"}"#)).expires_in,
+            ExpiresIn::Missing
+        );
     }
 
     #[test]
     fn exact_refusals() {
         let too_early = br#"{"error":"access_denied","error_description":"Rate limit exceeded: access_token not expired"}"#;
-        assert!(matches!(classify(400, None, too_early), TokenOutcome::TooEarly));
-        let old = br#"{"error":"unauthorized_client","error_description":"Old refresh token used."}"#;
-        assert!(matches!(classify(401, None, old), TokenOutcome::OldRefreshTokenUsed));
-        assert!(matches!(classify(400, None, old), TokenOutcome::OldRefreshTokenUsed));
+        assert!(matches!(
+            classify(400, None, too_early),
+            TokenOutcome::TooEarly
+        ));
+        let old =
+            br#"{"error":"unauthorized_client","error_description":"Old refresh token used."}"#;
+        assert!(matches!(
+            classify(401, None, old),
+            TokenOutcome::OldRefreshTokenUsed
+        ));
+        assert!(matches!(
+            classify(400, None, old),
+            TokenOutcome::OldRefreshTokenUsed
+        ));
         let expired = br#"{"error":"invalid_request","error_description":"The refresh token expired at 2026-01-01"}"#;
-        assert!(matches!(classify(400, None, expired), TokenOutcome::RefreshTokenExpired));
-        let client = br#"{"error":"invalid_client","error_description":"Invalid client credentials"}"#;
-        assert!(matches!(classify(401, None, client), TokenOutcome::InvalidClient(_)));
+        assert!(matches!(
+            classify(400, None, expired),
+            TokenOutcome::RefreshTokenExpired
+        ));
+        let client =
+            br#"{"error":"invalid_client","error_description":"Invalid client credentials"}"#;
+        assert!(matches!(
+            classify(401, None, client),
+            TokenOutcome::InvalidClient(_)
+        ));
         let grant = br#"{"error":"invalid_grant","error_description":"Invalid refresh token."}"#;
-        assert!(matches!(classify(400, None, grant), TokenOutcome::InvalidGrant(_)));
-        assert!(matches!(classify(403, Some(Duration::from_secs(60)), b""), TokenOutcome::Blocked(Some(_))));
+        assert!(matches!(
+            classify(400, None, grant),
+            TokenOutcome::InvalidGrant(_)
+        ));
+        assert!(matches!(
+            classify(403, Some(Duration::from_secs(60)), b""),
+            TokenOutcome::Blocked(Some(_))
+        ));
     }
 
     #[test]
     fn faults_and_garbage_are_transient() {
         let fault = br#"{"fault":{"faultstring":"Failed to execute the ExtractVariables: ExtractAccessToken"}}"#;
         match classify(500, None, fault) {
-            TokenOutcome::Transient { reason, .. } => assert_eq!(reason, "500 fault from token endpoint"),
+            TokenOutcome::Transient { reason, .. } => {
+                assert_eq!(reason, "500 fault from token endpoint")
+            }
             other => panic!("{other:?}"),
         }
-        for (status, body) in [(200u16, &b""[..]), (200, b"<html>oops</html>"), (200, b"{\"access_tok"), (502, b""), (429, b"")] {
-            assert!(matches!(classify(status, None, body), TokenOutcome::Transient { .. }), "{status}");
+        for (status, body) in [
+            (200u16, &b""[..]),
+            (200, b"<html>oops</html>"),
+            (200, b"{\"access_tok"),
+            (502, b""),
+            (429, b""),
+        ] {
+            assert!(
+                matches!(classify(status, None, body), TokenOutcome::Transient { .. }),
+                "{status}"
+            );
         }
         match classify(429, Some(Duration::from_secs(9)), b"") {
-            TokenOutcome::Transient { retry_after, .. } => assert_eq!(retry_after, Some(Duration::from_secs(9))),
+            TokenOutcome::Transient { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(9)))
+            }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn debug_output_never_shows_tokens() {
-        let g = granted(classify(200, None, br#"{"access_token":"SECRET-A","refresh_token":"SECRET-R","expires_in":"600"}"#));
+        let g = granted(classify(
+            200,
+            None,
+            br#"{"access_token":"SECRET-A","refresh_token":"SECRET-R","expires_in":"600"}"#,
+        ));
         let shown = format!("{g:?}");
         assert!(!shown.contains("SECRET"), "{shown}");
     }

@@ -10,7 +10,9 @@ fn main() -> anyhow::Result<()> {
         Some("exactoauthclients") => vec![ExactOAuthClient::crd()],
         Some("exactconnections") => vec![ExactConnection::crd()],
         None => vec![ExactOAuthClient::crd(), ExactConnection::crd()],
-        Some(other) => anyhow::bail!("unknown CRD {other:?}: use exactoauthclients or exactconnections"),
+        Some(other) => {
+            anyhow::bail!("unknown CRD {other:?}: use exactoauthclients or exactconnections")
+        }
     };
     for crd in docs {
         print!("---\n{}", serde_yaml::to_string(&crd)?);

@@ -14,7 +14,10 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use std::sync::Arc;
 
-async fn verdict(client: &ExactOAuthClient, ctx: &Context) -> Result<(bool, &'static str, String), Error> {
+async fn verdict(
+    client: &ExactOAuthClient,
+    ctx: &Context,
+) -> Result<(bool, &'static str, String), Error> {
     let ns = client.namespace().ok_or(Error::MissingNamespace)?;
     if let Err(e) = resolve(&client.spec) {
         return Ok((false, reason::INVALID_SPEC, e.to_string()));
@@ -34,7 +37,11 @@ async fn verdict(client: &ExactOAuthClient, ctx: &Context) -> Result<(bool, &'st
             Err(e) => return Ok((false, reason::SECRET_NOT_FOUND, format!("{what}: {e}"))),
         }
     }
-    Ok((true, reason::CLIENT_READY, "client secret resolves and URLs are valid".into()))
+    Ok((
+        true,
+        reason::CLIENT_READY,
+        "client secret resolves and URLs are valid".into(),
+    ))
 }
 
 /// Reconciles one client.
@@ -43,18 +50,30 @@ pub async fn reconcile(client: Arc<ExactOAuthClient>, ctx: Arc<Context>) -> Resu
     let prev = client.status.clone().unwrap_or_default();
     let generation = client.metadata.generation;
     let status = ExactOAuthClientStatus {
-        conditions: vec![ready(&prev.conditions, ok, why, &message, generation, Timestamp::now())],
+        conditions: vec![ready(
+            &prev.conditions,
+            ok,
+            why,
+            &message,
+            generation,
+            Timestamp::now(),
+        )],
         observed_generation: generation,
     };
     if status != prev {
-        let api: Api<ExactOAuthClient> = Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
+        let api: Api<ExactOAuthClient> =
+            Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
         let patch = serde_json::json!({
             "apiVersion": "exact-operator.io/v1alpha1",
             "kind": "ExactOAuthClient",
             "status": status,
         });
-        api.patch_status(&client.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
+        api.patch_status(
+            &client.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
     }
     Ok(Action::await_change())
 }

@@ -28,16 +28,29 @@ use std::time::Duration;
 pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let outcome = run(&conn, &ctx).await?;
-    let requeue = outcome.requeue;
+    let requeue = outcome.requeue.or(Some(ctx.settings.recheck_interval));
     write_status(&conn, &ctx, outcome).await?;
-    Ok(match requeue {
-        Some(d) => Action::requeue(d.max(Duration::from_millis(50))),
-        None => Action::await_change(),
-    })
+    Ok(Action::requeue(
+        requeue
+            .unwrap_or(ctx.settings.recheck_interval)
+            .max(Duration::from_millis(50)),
+    ))
 }
 
-async fn event(ctx: &Context, conn: &ExactConnection, type_: EventType, reason: &str, note: String) {
-    let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+async fn event(
+    ctx: &Context,
+    conn: &ExactConnection,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&ev, &conn.object_ref(&())).await {
         tracing::warn!(error = %e, "publishing event failed");
     }
@@ -50,9 +63,16 @@ fn blocked(b: Blocked) -> Outcome {
 async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     let ns = conn.namespace().ok_or(Error::MissingNamespace)?;
     let name = conn.name_any();
-    let owner = conn.controller_owner_ref(&()).ok_or(Error::MissingNamespace)?;
+    let owner = conn
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingNamespace)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let handle = StateHandle { api: secrets.clone(), name: state_secret_name(&name), owner: owner.clone(), connection: name.clone() };
+    let handle = StateHandle {
+        api: secrets.clone(),
+        name: state_secret_name(&name),
+        owner: owner.clone(),
+        connection: name.clone(),
+    };
 
     // Dereference + validate.
     let r = match dereference(conn, ctx).await? {
@@ -69,15 +89,27 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
                 if stored.state.bootstrap_digest.as_deref() != Some(d.as_str()) {
                     let mut st = stored.state.clone();
                     import_bootstrap(&mut st, token, d);
-                    let rv = handle.write(&st, stored.resource_version.as_deref()).await?;
+                    let rv = handle
+                        .write(&st, stored.resource_version.as_deref())
+                        .await?;
                     stored.state = st;
                     stored.resource_version = Some(rv);
-                    event(ctx, conn, EventType::Normal, "BootstrapImported", format!("imported a refresh token from Secret {}", bref.name)).await;
+                    event(
+                        ctx,
+                        conn,
+                        EventType::Normal,
+                        "BootstrapImported",
+                        format!("imported a refresh token from Secret {}", bref.name),
+                    )
+                    .await;
                 }
             }
             Err(RefError::Api { source, .. }) => return Err(source.into()),
             Err(e) if stored.state.refresh_token.is_none() => {
-                return Ok(Outcome::not_ready(reason::AWAITING_AUTHORIZATION, format!("bootstrap refresh token: {e}")));
+                return Ok(Outcome::not_ready(
+                    reason::AWAITING_AUTHORIZATION,
+                    format!("bootstrap refresh token: {e}"),
+                ));
             }
             // Already imported; the bootstrap Secret may be gone, which is fine.
             Err(_) => {}
@@ -88,7 +120,8 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     if state.refresh_token.is_none() {
         return Ok(Outcome::not_ready(
             reason::AWAITING_AUTHORIZATION,
-            "no refresh token yet: authorize the connection or set spec.refreshTokenSecretRef".into(),
+            "no refresh token yet: authorize the connection or set spec.refreshTokenSecretRef"
+                .into(),
         )
         .with_state(&state, &r.policy));
     }
@@ -96,14 +129,19 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     // A dead chain stays dead until its inputs change.
     if let Some(dead) = &state.dead {
         if dead.fingerprint == r.fingerprint {
-            return Ok(Outcome::not_ready(reason_constant(&dead.reason), dead.message.clone()).with_state(&state, &r.policy));
+            return Ok(
+                Outcome::not_ready(reason_constant(&dead.reason), dead.message.clone())
+                    .with_state(&state, &r.policy),
+            );
         }
         state.dead = None;
     }
 
     // Restore the workload Secret from state when it was edited or deleted: no token call.
     let now = Timestamp::now();
-    if state.access_token_valid(now) && publish_from_state(ctx, conn, &r, &state).await? == Published::Conflict {
+    if state.access_token_valid(now)
+        && publish_from_state(ctx, conn, &r, &state).await? == Published::Conflict
+    {
         return Ok(conflict(&r).with_state(&state, &r.policy));
     }
 
@@ -132,7 +170,10 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     };
     let was_failing = state.times.consecutive_failures > 0;
     match refresh(ctx, &handle, state, rv.take(), &job).await? {
-        RefreshEnd::Rotated { mut state, resource_version } => {
+        RefreshEnd::Rotated {
+            mut state,
+            resource_version,
+        } => {
             if conn.spec.division.is_none() && state.division.is_none() {
                 discover(ctx, conn, &r, &handle, &mut state, resource_version).await;
             }
@@ -140,28 +181,62 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
                 return Ok(conflict(&r).with_state(&state, &r.policy));
             }
             if was_failing {
-                event(ctx, conn, EventType::Normal, "Recovered", "token refresh works again".into()).await;
-            } else if conn.status.as_ref().and_then(|s| s.last_refresh_time).is_none() {
-                event(ctx, conn, EventType::Normal, "Authorized", "first access token published".into()).await;
+                event(
+                    ctx,
+                    conn,
+                    EventType::Normal,
+                    "Recovered",
+                    "token refresh works again".into(),
+                )
+                .await;
+            } else if conn
+                .status
+                .as_ref()
+                .and_then(|s| s.last_refresh_time)
+                .is_none()
+            {
+                event(
+                    ctx,
+                    conn,
+                    EventType::Normal,
+                    "Authorized",
+                    "first access token published".into(),
+                )
+                .await;
             }
             let now = Timestamp::now();
             let due = next_refresh(&r.policy, &state.times, conn.spec.suspend, now);
             Ok(steady(conn, &r.policy, &state, due, now))
         }
-        RefreshEnd::Contended | RefreshEnd::NewerTokenExists => Ok(Outcome::requeue_only(Duration::from_secs(1))),
+        RefreshEnd::Contended | RefreshEnd::NewerTokenExists => {
+            Ok(Outcome::requeue_only(Duration::from_secs(1)))
+        }
         RefreshEnd::TooEarly { state } => {
             let now = Timestamp::now();
             let due = state.not_before.unwrap_or(now);
             Ok(steady(conn, &r.policy, &state, due, now))
         }
         RefreshEnd::Dead { state } => {
-            let dead = state.dead.clone().unwrap_or_else(|| crate::state::DeadChain {
-                reason: reason::REAUTHORIZATION_REQUIRED.into(),
-                message: String::new(),
-                fingerprint: String::new(),
-            });
-            event(ctx, conn, EventType::Warning, &dead.reason, dead.message.clone()).await;
-            Ok(Outcome::not_ready(reason_constant(&dead.reason), dead.message).with_state(&state, &r.policy))
+            let dead = state
+                .dead
+                .clone()
+                .unwrap_or_else(|| crate::state::DeadChain {
+                    reason: reason::REAUTHORIZATION_REQUIRED.into(),
+                    message: String::new(),
+                    fingerprint: String::new(),
+                });
+            event(
+                ctx,
+                conn,
+                EventType::Warning,
+                &dead.reason,
+                dead.message.clone(),
+            )
+            .await;
+            Ok(
+                Outcome::not_ready(reason_constant(&dead.reason), dead.message)
+                    .with_state(&state, &r.policy),
+            )
         }
         RefreshEnd::Failed { state, reason: why } => {
             if !was_failing {
@@ -169,7 +244,10 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
             }
             let now = Timestamp::now();
             let due = state.not_before.unwrap_or(now);
-            let message = format!("token refresh failed {} time(s) in a row: {why}", state.times.consecutive_failures);
+            let message = format!(
+                "token refresh failed {} time(s) in a row: {why}",
+                state.times.consecutive_failures
+            );
             let mut out = if state.access_token_valid(now) {
                 Outcome::ready(reason::TOKEN_PUBLISHED, message)
             } else {
@@ -193,15 +271,30 @@ fn reason_constant(stored: &str) -> &'static str {
 fn conflict(r: &Resolved) -> Outcome {
     Outcome::not_ready(
         reason::TARGET_SECRET_CONFLICT,
-        format!("Secret {} exists and is not owned by this connection; it is left untouched", r.target_name),
+        format!(
+            "Secret {} exists and is not owned by this connection; it is left untouched",
+            r.target_name
+        ),
     )
 }
 
-fn steady(conn: &ExactConnection, policy: &RefreshPolicy, state: &ConnectionState, due: Timestamp, now: Timestamp) -> Outcome {
+fn steady(
+    conn: &ExactConnection,
+    policy: &RefreshPolicy,
+    state: &ConnectionState,
+    due: Timestamp,
+    now: Timestamp,
+) -> Outcome {
     let out = if conn.spec.suspend {
-        Outcome::not_ready(reason::SUSPENDED, "suspended: only keep-alive refreshes of the refresh token".into())
+        Outcome::not_ready(
+            reason::SUSPENDED,
+            "suspended: only keep-alive refreshes of the refresh token".into(),
+        )
     } else if state.access_token_valid(now) {
-        let msg = state.warning.clone().unwrap_or_else(|| "access token published".into());
+        let msg = state
+            .warning
+            .clone()
+            .unwrap_or_else(|| "access token published".into());
         Outcome::ready(reason::TOKEN_PUBLISHED, msg)
     } else {
         Outcome::not_ready(reason::PENDING, "waiting for the next token call".into())
@@ -209,13 +302,27 @@ fn steady(conn: &ExactConnection, policy: &RefreshPolicy, state: &ConnectionStat
     out.with_state(state, policy).next_at(due, now)
 }
 
-async fn publish_from_state(ctx: &Context, conn: &ExactConnection, r: &Resolved, state: &ConnectionState) -> Result<Published, Error> {
-    let (Some(token), Some(expires_at)) = (&state.access_token, state.times.access_token_expires_at) else {
+async fn publish_from_state(
+    ctx: &Context,
+    conn: &ExactConnection,
+    r: &Resolved,
+    state: &ConnectionState,
+) -> Result<Published, Error> {
+    let (Some(token), Some(expires_at)) =
+        (&state.access_token, state.times.access_token_expires_at)
+    else {
         return Ok(Published::Unchanged);
     };
     let division = conn.spec.division.or(state.division);
-    let data = workload_data(&WorkloadToken { access_token: token, expires_at, division, api_base_url: &r.settings.api_base_url });
-    let owner = conn.controller_owner_ref(&()).ok_or(Error::MissingNamespace)?;
+    let data = workload_data(&WorkloadToken {
+        access_token: token,
+        expires_at,
+        division,
+        api_base_url: &r.settings.api_base_url,
+    });
+    let owner = conn
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingNamespace)?;
     let name = conn.name_any();
     let target = Target {
         name: &r.target_name,
@@ -224,12 +331,22 @@ async fn publish_from_state(ctx: &Context, conn: &ExactConnection, r: &Resolved,
         labels: &conn.spec.target.labels,
         annotations: &conn.spec.target.annotations,
     };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     Ok(publish(&api, &target, data).await?)
 }
 
-async fn discover(ctx: &Context, conn: &ExactConnection, r: &Resolved, handle: &StateHandle, state: &mut ConnectionState, rv: String) {
-    let Some(token) = state.access_token.clone() else { return };
+async fn discover(
+    ctx: &Context,
+    conn: &ExactConnection,
+    r: &Resolved,
+    handle: &StateHandle,
+    state: &mut ConnectionState,
+    rv: String,
+) {
+    let Some(token) = state.access_token.clone() else {
+        return;
+    };
     match discover_division(&r.http, &r.settings.api_base_url, &token).await {
         Ok(d) => {
             state.division = Some(d);

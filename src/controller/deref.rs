@@ -29,7 +29,10 @@ pub struct Blocked {
 
 impl Blocked {
     fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Blocked { reason, message: message.into() }
+        Blocked {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -53,13 +56,25 @@ pub struct Resolved {
 
 /// Name of the workload Secret of a connection.
 pub fn target_name(conn: &ExactConnection) -> String {
-    conn.spec.target.secret_name.clone().unwrap_or_else(|| format!("{}-exact-token", conn.name_any()))
+    conn.spec
+        .target
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-exact-token", conn.name_any()))
 }
 
 /// Resolves client, client secret and timing for `conn`.
-pub async fn dereference(conn: &ExactConnection, ctx: &Context) -> Result<Result<Resolved, Blocked>, kube::Error> {
+pub async fn dereference(
+    conn: &ExactConnection,
+    ctx: &Context,
+) -> Result<Result<Resolved, Blocked>, kube::Error> {
     let ns = conn.namespace().unwrap_or_default();
-    let client_ns = conn.spec.client_ref.namespace.clone().unwrap_or_else(|| ns.clone());
+    let client_ns = conn
+        .spec
+        .client_ref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| ns.clone());
     let client_name = &conn.spec.client_ref.name;
     let clients: Api<ExactOAuthClient> = Api::namespaced(ctx.client.clone(), &client_ns);
     let Some(client) = clients.get_opt(client_name).await? else {
@@ -95,10 +110,21 @@ pub async fn dereference(conn: &ExactConnection, ctx: &Context) -> Result<Result
             )))
         }
     };
-    let refresh_before = match parse_or(conn.spec.refresh_before.as_deref(), DEFAULT_REFRESH_BEFORE) {
+    let refresh_before = match parse_or(conn.spec.refresh_before.as_deref(), DEFAULT_REFRESH_BEFORE)
+    {
         Ok(d) if !d.is_zero() => d,
-        Ok(_) => return Ok(Err(Blocked::new(reason::INVALID_SPEC, "refreshBefore must be greater than zero"))),
-        Err(e) => return Ok(Err(Blocked::new(reason::INVALID_SPEC, format!("refreshBefore: {e}")))),
+        Ok(_) => {
+            return Ok(Err(Blocked::new(
+                reason::INVALID_SPEC,
+                "refreshBefore must be greater than zero",
+            )))
+        }
+        Err(e) => {
+            return Ok(Err(Blocked::new(
+                reason::INVALID_SPEC,
+                format!("refreshBefore: {e}"),
+            )))
+        }
     };
     let policy = RefreshPolicy {
         refresh_before,

@@ -36,14 +36,21 @@ fn error_policy<K>(_obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.inc();
     tracing::warn!(error = %err, "reconcile failed");
     match err {
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Action::requeue(Duration::from_millis(500)),
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+            Action::requeue(Duration::from_millis(500))
+        }
         Error::Kube(_) => Action::requeue(Duration::from_secs(2)),
         Error::MissingNamespace => Action::await_change(),
     }
 }
 
 fn client_key(conn: &ExactConnection) -> (String, String) {
-    let ns = conn.spec.client_ref.namespace.clone().unwrap_or_else(|| conn.namespace().unwrap_or_default());
+    let ns = conn
+        .spec
+        .client_ref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| conn.namespace().unwrap_or_default());
     (ns, conn.spec.client_ref.name.clone())
 }
 
@@ -55,7 +62,10 @@ fn connections_for_secret(
     clients: &Store<ExactOAuthClient>,
 ) -> Vec<ObjectRef<ExactConnection>> {
     let labels = secret.metadata.labels.as_ref();
-    if labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY) {
+    if labels
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY)
+    {
         return vec![];
     }
     let ns = secret.namespace().unwrap_or_default();
@@ -65,7 +75,10 @@ fn connections_for_secret(
         .into_iter()
         .filter(|c| {
             let boot = c.namespace().as_deref() == Some(ns.as_str())
-                && c.spec.refresh_token_secret_ref.as_ref().is_some_and(|r| r.name == name);
+                && c.spec
+                    .refresh_token_secret_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == name);
             let (cns, cname) = client_key(c);
             let via_client = cns == ns
                 && clients
@@ -77,15 +90,27 @@ fn connections_for_secret(
         .collect()
 }
 
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs both controllers until `shutdown` resolves; in-flight reconciles (and so any
 /// refresh in flight, through to its persisted state) finish first.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let wc = watcher::Config::default().any_semantic();
-    let conns: Api<ExactConnection> = Api::all(client.clone());
-    let clients: Api<ExactOAuthClient> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client.clone());
-    let secret_metas: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
+    let scope = ctx.settings.watch_namespace.clone();
+    let conns: Api<ExactConnection> = scoped(&client, scope.as_deref());
+    let clients: Api<ExactOAuthClient> = scoped(&client, scope.as_deref());
+    let secrets: Api<Secret> = scoped(&client, scope.as_deref());
+    let secret_metas: Api<PartialObjectMeta<Secret>> = scoped(&client, scope.as_deref());
 
     let (client_store, client_writer) = reflector::store::<ExactOAuthClient>();
     let client_stream = watcher(clients.clone(), wc.clone())
@@ -96,14 +121,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let conn_store = conn_ctrl.store();
     let by_client = conn_store.clone();
     let by_secret = (conn_store.clone(), client_store.clone());
-    let secret_meta = watcher(secret_metas, wc.clone()).default_backoff().touched_objects();
+    let secret_meta = watcher(secret_metas, wc.clone())
+        .default_backoff()
+        .touched_objects();
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let connections = conn_ctrl
-        .owns(secrets, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")).any_semantic())
+        .owns(
+            secrets,
+            watcher::Config::default()
+                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+                .any_semantic(),
+        )
         .watches_stream(client_stream, move |c: ExactOAuthClient| {
             let key = (c.namespace().unwrap_or_default(), c.name_any());
             by_client
@@ -113,7 +145,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 .map(|conn| ObjectRef::from_obj(&*conn))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(secret_meta, move |s| connections_for_secret(&s, &by_secret.0, &by_secret.1))
+        .watches_stream(secret_meta, move |s| {
+            connections_for_secret(&s, &by_secret.0, &by_secret.1)
+        })
         .graceful_shutdown_on(stop(rx.clone()))
         .run(connection::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));

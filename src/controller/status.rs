@@ -41,21 +41,33 @@ pub struct Outcome {
 impl Outcome {
     /// Ready=True.
     pub fn ready(reason: &'static str, message: String) -> Self {
-        Outcome { ready: Some((true, reason, message)), ..Default::default() }
+        Outcome {
+            ready: Some((true, reason, message)),
+            ..Default::default()
+        }
     }
     /// Ready=False.
     pub fn not_ready(reason: &'static str, message: String) -> Self {
-        Outcome { ready: Some((false, reason, message)), ..Default::default() }
+        Outcome {
+            ready: Some((false, reason, message)),
+            ..Default::default()
+        }
     }
     /// No status change, just look again later.
     pub fn requeue_only(after: Duration) -> Self {
-        Outcome { requeue: Some(after), ..Default::default() }
+        Outcome {
+            requeue: Some(after),
+            ..Default::default()
+        }
     }
     /// Copies the facts of `state`.
     pub fn with_state(mut self, state: &ConnectionState, policy: &RefreshPolicy) -> Self {
         self.access_token_expires_at = state.times.access_token_expires_at;
         self.last_refresh_time = state.last_refresh_at;
-        self.refresh_token_expires_at = state.times.refresh_token_issued_at.map(|t| refresh_token_expires_at(policy, t));
+        self.refresh_token_expires_at = state
+            .times
+            .refresh_token_issued_at
+            .map(|t| refresh_token_expires_at(policy, t));
         self.division = state.division;
         self.consecutive_failures = state.times.consecutive_failures;
         self.bootstrap_digest = state.bootstrap_digest.clone();
@@ -71,8 +83,14 @@ impl Outcome {
 }
 
 /// Applies the outcome to the connection's status when it differs.
-pub async fn write_status(conn: &ExactConnection, ctx: &Context, out: Outcome) -> Result<(), Error> {
-    let Some((ok, reason, message)) = out.ready else { return Ok(()) };
+pub async fn write_status(
+    conn: &ExactConnection,
+    ctx: &Context,
+    out: Outcome,
+) -> Result<(), Error> {
+    let Some((ok, reason, message)) = out.ready else {
+        return Ok(());
+    };
     let prev = conn.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let generation = conn.metadata.generation;
@@ -86,7 +104,9 @@ pub async fn write_status(conn: &ExactConnection, ctx: &Context, out: Outcome) -
         refresh_token_expires_at: out.refresh_token_expires_at,
         division: conn.spec.division.or(out.division),
         consecutive_failures: out.consecutive_failures,
-        imported_bootstrap_digest: out.bootstrap_digest.or(prev.imported_bootstrap_digest.clone()),
+        imported_bootstrap_digest: out
+            .bootstrap_digest
+            .or(prev.imported_bootstrap_digest.clone()),
         authorization_url: prev.authorization_url.clone(),
         secret_name: Some(super::deref::target_name(conn)),
         message: Some(message),
@@ -94,16 +114,25 @@ pub async fn write_status(conn: &ExactConnection, ctx: &Context, out: Outcome) -
     if same_status(&prev, &status) {
         return Ok(());
     }
-    let api: Api<ExactConnection> = Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let api: Api<ExactConnection> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "exact-operator.io/v1alpha1",
         "kind": "ExactConnection",
         "status": status,
     });
-    api.patch_status(&conn.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &conn.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     if let Some(c) = find_ready(&status.conditions) {
-        ctx.metrics.ready_reason(&conn.namespace().unwrap_or_default(), &conn.name_any(), &c.reason);
+        ctx.metrics.ready_reason(
+            &conn.namespace().unwrap_or_default(),
+            &conn.name_any(),
+            &c.reason,
+        );
     }
     Ok(())
 }

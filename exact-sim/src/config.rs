@@ -1,0 +1,117 @@
+//! Simulator configuration: clients, lifetimes, limits and faults.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// An OAuth client (an "app" registered in the Exact Online app center).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimClient {
+    /// The client id (a GUID in real Exact; any string here).
+    pub id: String,
+    /// The client secret.
+    pub secret: String,
+    /// Registered redirect URIs; empty means any redirect URI is accepted.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+}
+
+impl SimClient {
+    /// A client that accepts any redirect URI.
+    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            secret: secret.into(),
+            redirect_uris: Vec::new(),
+        }
+    }
+
+    /// Adds a registered redirect URI (once any is registered, only those are accepted).
+    pub fn with_redirect(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uris.push(uri.into());
+        self
+    }
+
+    /// Whether `uri` may be used as redirect for this client.
+    pub fn redirect_allowed(&self, uri: &str) -> bool {
+        self.redirect_uris.is_empty() || self.redirect_uris.iter().any(|r| r == uri)
+    }
+}
+
+/// Injected failures. Ratios are probabilities in `0.0..=1.0` per token call.
+///
+/// JSON form (for `PUT /_sim/faults`): all fields optional, latency in milliseconds as
+/// `latency_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Token calls answered with a 500 Apigee fault body; nothing is consumed.
+    pub fault_500_ratio: f64,
+    /// Extra delay before each token and `Me` request is handled.
+    #[serde(rename = "latency_ms", with = "crate::duration::as_millis")]
+    pub latency: Duration,
+    /// Token calls answered `200` with an empty body; nothing is consumed.
+    pub empty_body_ratio: f64,
+    /// Token calls answered `200` with an HTML (non-JSON) body; nothing is consumed.
+    pub non_json_ratio: f64,
+    /// Token calls that are processed (a refresh token IS rotated) but whose connection
+    /// is closed before any response byte is sent.
+    pub lost_response_ratio: f64,
+}
+
+/// Configuration of a simulator instance. Use [`SimConfig::default`] and adjust.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Lifetime of access tokens (Exact: 600 s). `expires_in` reports its whole seconds.
+    pub access_token_lifetime: Duration,
+    /// A refresh is refused while more than this much access-token lifetime remains
+    /// (Exact: 30 s).
+    pub refresh_window: Duration,
+    /// Lifetime of an unused refresh token (Exact: about 30 days).
+    pub refresh_token_lifetime: Duration,
+    /// Lifetime of an authorization code (Exact: 180 s).
+    pub code_lifetime: Duration,
+    /// Registered OAuth clients.
+    pub clients: Vec<SimClient>,
+    /// Default division (`CurrentDivision`) for new connections.
+    pub division: i64,
+    /// Skip the consent page: `/api/oauth2/auth` redirects with a code at once.
+    pub auto_consent: bool,
+    /// A client with more than this many 4xx token answers within an hour is blocked
+    /// (403) for the rest of that hour.
+    pub error_limit_per_hour: u32,
+    /// Initial fault injection settings.
+    pub faults: Faults,
+    /// REST calls allowed per minute per client and division (Exact: 60).
+    pub rest_limit_per_minute: u32,
+    /// REST calls allowed per day per client and division (Exact: 5000).
+    pub rest_limit_per_day: u32,
+    /// Serve HTTPS with a freshly generated self-signed certificate.
+    pub tls: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            access_token_lifetime: Duration::from_secs(600),
+            refresh_window: Duration::from_secs(30),
+            refresh_token_lifetime: Duration::from_secs(30 * 86_400),
+            code_lifetime: Duration::from_secs(180),
+            clients: Vec::new(),
+            division: 123_456,
+            auto_consent: false,
+            error_limit_per_hour: 10,
+            faults: Faults::default(),
+            rest_limit_per_minute: 60,
+            rest_limit_per_day: 5000,
+            tls: false,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Adds a client that accepts any redirect URI.
+    pub fn with_client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.clients.push(SimClient::new(id, secret));
+        self
+    }
+}

@@ -1,0 +1,241 @@
+//! Harness for end-to-end tests: exact-sim in-process, the operator in-process (running
+//! with the operator's own RBAC identity), and helpers to create clients and connections.
+#![allow(dead_code)]
+
+use crate::support;
+use exact_operator::context::{Context, Settings};
+use exact_operator::crd::{ExactConnection, ExactOAuthClient};
+use exact_operator::metrics::Metrics;
+use exact_sim::{Sim, SimConfig};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Compressed Exact timing used by most tests: 6 s tokens, refresh in the last 2 s.
+pub fn fast_sim() -> SimConfig {
+    SimConfig {
+        access_token_lifetime: Duration::from_secs(6),
+        refresh_window: Duration::from_secs(2),
+        ..SimConfig::default()
+    }
+    .with_client("app-1", "secret-1")
+}
+
+/// A running operator; stops (gracefully) when dropped or on `stop`.
+pub struct Operator {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    pub identity: String,
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` with the operator's RBAC identity.
+    pub async fn start(namespace: &str, name: &str) -> Operator {
+        let client = support::operator_client(namespace).await;
+        Self::start_with(client, namespace, name)
+    }
+
+    /// Starts the operator with a given client.
+    pub fn start_with(client: Client, namespace: &str, name: &str) -> Operator {
+        let settings = Settings {
+            watch_namespace: Some(namespace.to_string()),
+            max_errors_per_hour: 50,
+            recheck_interval: Duration::from_secs(2),
+            ..Settings::default()
+        };
+        let identity = format!("{name}-{namespace}");
+        let ctx = Arc::new(Context::new(
+            client,
+            identity.clone(),
+            settings,
+            Metrics::default(),
+        ));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(exact_operator::controller::run(ctx, async move {
+            let _ = rx.await;
+        }));
+        Operator {
+            stop: Some(tx),
+            task: Some(task),
+            identity,
+        }
+    }
+
+    /// Stops gracefully and waits.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Applies a Secret with string data.
+pub async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let string_data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": string_data,
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("apply secret");
+}
+
+/// Applies an ExactOAuthClient named `name` pointing at `sim`, with extra spec fields.
+pub async fn put_client(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    sim: &Sim,
+    extra: serde_json::Value,
+) {
+    let mut spec = serde_json::json!({
+        "clientId": "app-1",
+        "clientSecretRef": {"name": format!("{name}-credentials"), "key": "client-secret"},
+        "authorizationUrl": format!("{}/api/oauth2/auth", sim.base_url()),
+        "tokenUrl": format!("{}/api/oauth2/token", sim.base_url()),
+        "apiBaseUrl": format!("{}/api", sim.base_url()),
+        "allowInsecureHttp": true,
+        "accessTokenExpiresIn": "6s",
+        "refreshWindow": "2s",
+    });
+    merge(&mut spec, extra);
+    let body = serde_json::json!({
+        "apiVersion": "exact-operator.io/v1alpha1", "kind": "ExactOAuthClient",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
+    });
+    let api: Api<ExactOAuthClient> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("apply client");
+}
+
+/// Applies an ExactConnection with the given spec.
+pub async fn put_connection(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let body = serde_json::json!({
+        "apiVersion": "exact-operator.io/v1alpha1", "kind": "ExactConnection",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
+    });
+    let api: Api<ExactConnection> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("apply connection");
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        for (k, v) in b {
+            a.insert(k, v);
+        }
+    }
+}
+
+/// Bootstraps a connection `name` from a freshly seeded sim chain of the same name.
+pub async fn bootstrap_connection(
+    client: &Client,
+    ns: &str,
+    sim: &Sim,
+    name: &str,
+    extra: serde_json::Value,
+) -> String {
+    let token = sim.seed_connection("app-1", name, None);
+    put_secret(
+        client,
+        ns,
+        &format!("{name}-bootstrap"),
+        &[("refresh-token", &token)],
+    )
+    .await;
+    let mut spec = serde_json::json!({
+        "clientRef": {"name": "app"},
+        "refreshTokenSecretRef": {"name": format!("{name}-bootstrap"), "key": "refresh-token"},
+        "refreshBefore": "1s",
+    });
+    merge(&mut spec, extra);
+    put_connection(client, ns, name, spec).await;
+    token
+}
+
+/// The Ready condition's (status, reason) of a connection.
+pub async fn ready_of(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let api: Api<ExactConnection> = Api::namespaced(client.clone(), ns);
+    let c = api.get_opt(name).await.ok()??;
+    let cond = c
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((cond.status, cond.reason, cond.message))
+}
+
+/// Waits until the connection's Ready reason is `reason`; panics with the last seen state.
+pub async fn wait_reason(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> (String, String, String) {
+    let got = support::wait_for(timeout, || async {
+        ready_of(client, ns, name)
+            .await
+            .filter(|(_, r, _)| r == reason)
+    })
+    .await;
+    match got {
+        Some(v) => v,
+        None => panic!(
+            "{ns}/{name} never reached {reason}; last: {:?}",
+            ready_of(client, ns, name).await
+        ),
+    }
+}
+
+/// Reads a Secret's data as strings.
+pub async fn secret_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Option<BTreeMap<String, String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = api.get_opt(name).await.ok()??;
+    Some(
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect(),
+    )
+}
