@@ -11,6 +11,12 @@ use std::collections::BTreeMap;
 /// API group of both kinds.
 pub const GROUP: &str = "exact-operator.io";
 
+/// Annotation asking the operator to look at a connection now: re-read its bootstrap Secret
+/// (importing it only if its value changed), restore its Secrets, refresh if due. It never
+/// forces a token call Exact would refuse. The value (e.g. a timestamp) is echoed in
+/// `status.handledRefreshRequest` once acted on.
+pub const REFRESH_REQUEST_ANNOTATION: &str = "exact-operator.io/refresh-requested-at";
+
 /// Exact Online region: selects the `start.exactonline.<tld>` host.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
@@ -230,6 +236,10 @@ pub struct ExactConnectionStatus {
     /// Where a person authorizes this connection (operator-served start URL), when waiting for consent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_url: Option<String>,
+    /// Value of the `exact-operator.io/refresh-requested-at` annotation last acted on
+    /// (set by `kubectl exact refresh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_refresh_request: Option<String>,
     /// Name of the workload Secret holding the access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

@@ -1,6 +1,7 @@
 //! exact-operator: keeps Exact Online OAuth 2.0 connections alive for Kubernetes workloads.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod conditions;
 pub mod context;
 pub mod controller;

@@ -11,7 +11,24 @@ use std::sync::Arc;
 /// Keeps Exact Online OAuth 2.0 connections alive: refreshes tokens before they expire and
 /// publishes them in Secrets.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Args,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Run the controllers (the default when no subcommand is given).
+    Run(Args),
+    /// Run as a token agent sidecar: mirror one managed Secret into files.
+    Agent(exact_operator::agent::AgentArgs),
+}
+
+/// Flags of the controller process.
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "EXACT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -32,7 +49,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Agent(a)) => return exact_operator::agent::run(a).await,
+        Some(Command::Run(a)) => a,
+        None => cli.run,
+    };
     init_logging(args.log_format, &args.log_level);
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("no Kubernetes configuration (KUBECONFIG or in-cluster): {e}")

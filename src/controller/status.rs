@@ -108,6 +108,11 @@ pub async fn write_status(
             .bootstrap_digest
             .or(prev.imported_bootstrap_digest.clone()),
         authorization_url: prev.authorization_url.clone(),
+        handled_refresh_request: conn
+            .annotations()
+            .get(crate::crd::REFRESH_REQUEST_ANNOTATION)
+            .cloned()
+            .or(prev.handled_refresh_request.clone()),
         secret_name: Some(super::deref::target_name(conn)),
         message: Some(message),
     };
