@@ -19,6 +19,11 @@ pub struct Settings {
     pub recheck_interval: Duration,
     /// Watch only this namespace (None: all namespaces).
     pub watch_namespace: Option<String>,
+    /// Public base URL of the OAuth routes (e.g. https://exact-operator.example.com); when
+    /// set, connections waiting for consent show their start URL in status.
+    pub public_url: Option<String>,
+    /// Lifetime of an OAuth `state` (10 minutes).
+    pub oauth_state_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -28,6 +33,8 @@ impl Default for Settings {
             max_errors_per_hour: 8,
             recheck_interval: Duration::from_secs(60),
             watch_namespace: None,
+            public_url: None,
+            oauth_state_ttl: Duration::from_secs(600),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod endpoints;
 pub mod http;
 pub mod metrics;
+pub mod oauth;
 pub mod publish;
 pub mod refresh;
 pub mod schedule;

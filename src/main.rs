@@ -45,6 +45,16 @@ struct Args {
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Serve the OAuth authorization-code flow (start and callback routes) on this address.
+    #[arg(long, env = "EXACT_OAUTH_ADDR")]
+    oauth_addr: Option<SocketAddr>,
+    /// Public base URL under which the OAuth routes are reachable (the ExactOAuthClient's
+    /// redirectUri is <public-url>/oauth2/callback); shown in status.authorizationUrl.
+    #[arg(long, env = "EXACT_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Namespace of the operator's own Secrets (the OAuth state-signing key).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "exact-operator-system")]
+    operator_namespace: String,
 }
 
 #[tokio::main]
@@ -65,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         max_errors_per_hour: args.max_errors_per_hour,
         watch_namespace: args.namespace.filter(|n| !n.is_empty()),
+        public_url: args.public_url.filter(|u| !u.is_empty()),
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(client, identity(), settings, metrics.clone()));
@@ -78,6 +89,24 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
+    if let Some(addr) = args.oauth_addr {
+        let key = exact_operator::oauth::key::load_or_create(&ctx.client, &args.operator_namespace)
+            .await
+            .map_err(|e| anyhow::anyhow!("OAuth state key: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving the OAuth flow");
+        let app = exact_operator::oauth::router(exact_operator::oauth::OAuthState {
+            ctx: ctx.clone(),
+            key: Arc::new(key),
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "OAuth server stopped");
+            }
+        });
+    }
     health.set_ready(true);
     exact_operator::controller::run(ctx, shutdown_signal()).await;
     tracing::info!("exact-operator stopped");

@@ -90,6 +90,38 @@ impl StateHandle {
     }
 }
 
+impl StateHandle {
+    /// Persists a chain that was just created by a consent: it supersedes whatever is stored,
+    /// so a conflict only means "re-read the version and write again". Retries while the
+    /// process lives.
+    pub async fn persist_new_chain(
+        &self,
+        state: &ConnectionState,
+        mut rv: Option<String>,
+    ) -> String {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.write(state, rv.as_deref()).await {
+                Ok(new_rv) => return new_rv,
+                Err(e) if is_conflict(&e) => match load_state(&self.api, &self.name).await {
+                    Ok(current) => {
+                        rv = current.resource_version;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(state = %self.name, error = %e, "re-reading state failed; retrying")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(state = %self.name, error = %e, "persisting new chain failed; retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
 /// How a refresh attempt ended (state already persisted where it says so).
 pub enum RefreshEnd {
     /// New tokens persisted.

@@ -53,6 +53,8 @@ pub struct ConnectionState {
     pub not_before: Option<Timestamp>,
     /// A warning about the last grant (e.g. an unusable expires_in), shown in status.
     pub warning: Option<String>,
+    /// Nonces of OAuth `state` values already used at the callback (the last few).
+    pub used_auth_nonces: Vec<String>,
 }
 
 const K_REFRESH: &str = "refresh_token";
@@ -72,6 +74,7 @@ const K_DEAD_MESSAGE: &str = "dead_message";
 const K_DEAD_FINGERPRINT: &str = "dead_fingerprint";
 const K_NOT_BEFORE: &str = "not_before";
 const K_WARNING: &str = "warning";
+const K_NONCES: &str = "used_auth_nonces";
 
 /// Hex SHA-256 of a secret value: safe to show and compare.
 pub fn digest(value: &str) -> String {
@@ -126,6 +129,9 @@ impl ConnectionState {
             dead,
             not_before: time(data, K_NOT_BEFORE),
             warning: text(data, K_WARNING),
+            used_auth_nonces: text(data, K_NONCES)
+                .map(|s| s.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -185,6 +191,9 @@ impl ConnectionState {
         }
         put(K_NOT_BEFORE, self.not_before.map(|t| t.to_string()));
         put(K_WARNING, self.warning.clone());
+        if !self.used_auth_nonces.is_empty() {
+            put(K_NONCES, Some(self.used_auth_nonces.join(",")));
+        }
         m
     }
 
@@ -232,6 +241,7 @@ mod tests {
             }),
             not_before: Some(t(30)),
             warning: Some("w".into()),
+            used_auth_nonces: vec!["n1".into(), "n2".into()],
         };
         let back = ConnectionState::from_data(&st.to_data());
         assert_eq!(
@@ -249,6 +259,10 @@ mod tests {
         assert_eq!(back.not_before, st.not_before);
         assert_eq!(back.bootstrap_digest, st.bootstrap_digest);
         assert_eq!(back.warning.as_deref(), Some("w"));
+        assert_eq!(
+            back.used_auth_nonces,
+            vec!["n1".to_string(), "n2".to_string()]
+        );
     }
 
     #[test]

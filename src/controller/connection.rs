@@ -37,7 +37,7 @@ pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<
     ))
 }
 
-async fn event(
+pub(crate) async fn event(
     ctx: &Context,
     conn: &ExactConnection,
     type_: EventType,
@@ -302,7 +302,7 @@ fn steady(
     out.with_state(state, policy).next_at(due, now)
 }
 
-async fn publish_from_state(
+pub(crate) async fn publish_from_state(
     ctx: &Context,
     conn: &ExactConnection,
     r: &Resolved,
@@ -336,7 +336,7 @@ async fn publish_from_state(
     Ok(publish(&api, &target, data).await?)
 }
 
-async fn discover(
+pub(crate) async fn discover(
     ctx: &Context,
     conn: &ExactConnection,
     r: &Resolved,

@@ -107,7 +107,7 @@ pub async fn write_status(
         imported_bootstrap_digest: out
             .bootstrap_digest
             .or(prev.imported_bootstrap_digest.clone()),
-        authorization_url: prev.authorization_url.clone(),
+        authorization_url: authorization_url(conn, ctx, reason),
         handled_refresh_request: conn
             .annotations()
             .get(crate::crd::REFRESH_REQUEST_ANNOTATION)
@@ -140,6 +140,20 @@ pub async fn write_status(
         );
     }
     Ok(())
+}
+
+/// The start URL is shown while a person's consent is what the connection needs.
+fn authorization_url(conn: &ExactConnection, ctx: &Context, reason: &str) -> Option<String> {
+    use crate::conditions::reason::{AWAITING_AUTHORIZATION, REAUTHORIZATION_REQUIRED};
+    if reason != AWAITING_AUTHORIZATION && reason != REAUTHORIZATION_REQUIRED {
+        return None;
+    }
+    let base = ctx.settings.public_url.as_deref()?;
+    Some(crate::oauth::start_url(
+        base,
+        &conn.namespace().unwrap_or_default(),
+        &conn.name_any(),
+    ))
 }
 
 fn same_status(a: &ExactConnectionStatus, b: &ExactConnectionStatus) -> bool {

@@ -30,6 +30,8 @@ pub struct Operator {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     pub identity: String,
+    /// Base URL of the OAuth routes, when started with them.
+    pub oauth_url: Option<String>,
 }
 
 impl Operator {
@@ -41,19 +43,7 @@ impl Operator {
 
     /// Starts the operator with a given client.
     pub fn start_with(client: Client, namespace: &str, name: &str) -> Operator {
-        let settings = Settings {
-            watch_namespace: Some(namespace.to_string()),
-            max_errors_per_hour: 50,
-            recheck_interval: Duration::from_secs(2),
-            ..Settings::default()
-        };
-        let identity = format!("{name}-{namespace}");
-        let ctx = Arc::new(Context::new(
-            client,
-            identity.clone(),
-            settings,
-            Metrics::default(),
-        ));
+        let (ctx, identity) = context(client, namespace, name, None, Duration::from_secs(600));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(exact_operator::controller::run(ctx, async move {
             let _ = rx.await;
@@ -62,6 +52,47 @@ impl Operator {
             stop: Some(tx),
             task: Some(task),
             identity,
+            oauth_url: None,
+        }
+    }
+
+    /// Starts the operator (RBAC identity) plus its OAuth routes on a loopback port.
+    pub async fn start_with_oauth(namespace: &str, name: &str, state_ttl: Duration) -> Operator {
+        let client = support::operator_client(namespace).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind oauth");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (ctx, identity) = context(
+            client.clone(),
+            namespace,
+            name,
+            Some(url.clone()),
+            state_ttl,
+        );
+        let key = exact_operator::oauth::key::load_or_create(&client, support::OPERATOR_NAMESPACE)
+            .await
+            .expect("state key");
+        let app = exact_operator::oauth::router(exact_operator::oauth::OAuthState {
+            ctx: ctx.clone(),
+            key: Arc::new(key),
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            exact_operator::controller::run(ctx, async move {
+                let _ = rx.await;
+            })
+            .await;
+            server.abort();
+        });
+        Operator {
+            stop: Some(tx),
+            task: Some(task),
+            identity,
+            oauth_url: Some(url),
         }
     }
 
@@ -82,6 +113,33 @@ impl Drop for Operator {
             t.abort();
         }
     }
+}
+
+fn context(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    public_url: Option<String>,
+    state_ttl: Duration,
+) -> (Arc<Context>, String) {
+    let settings = Settings {
+        watch_namespace: Some(namespace.to_string()),
+        max_errors_per_hour: 50,
+        recheck_interval: Duration::from_secs(2),
+        public_url,
+        oauth_state_ttl: state_ttl,
+        ..Settings::default()
+    };
+    let identity = format!("{name}-{namespace}");
+    (
+        Arc::new(Context::new(
+            client,
+            identity.clone(),
+            settings,
+            Metrics::default(),
+        )),
+        identity,
+    )
 }
 
 /// Applies a Secret with string data.

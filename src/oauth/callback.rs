@@ -1,0 +1,225 @@
+//! The OAuth callback: validate state, decode the code exactly once (the query extractor
+//! does that single decoding), exchange it, persist, publish.
+
+use super::pages::{failure, success};
+use super::state_token::{verify, StateClaims};
+use super::OAuthState;
+use crate::controller::connection::{discover, event, publish_from_state};
+use crate::controller::deref::dereference;
+use crate::crd::ExactConnection;
+use crate::publish::Published;
+use crate::refresh::{apply_grant, StateHandle};
+use crate::secrets::{is_conflict, load_state, state_secret_name};
+use crate::state::Claim;
+use crate::token::{Grant, TokenEndpoint, TokenOutcome};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+#[derive(Deserialize)]
+pub(super) struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+const UNAVAILABLE: &str = "the Kubernetes API is unavailable; start again in a moment";
+
+pub(super) async fn handle(
+    State(s): State<OAuthState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let q = CallbackQuery {
+        state: q.get("state").cloned(),
+        code: q.get("code").cloned(),
+        error: q.get("error").cloned(),
+        error_description: q.get("error_description").cloned(),
+    };
+    let claims = match verify(
+        &s.key,
+        q.state.as_deref().unwrap_or(""),
+        Timestamp::now().as_second(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(reason = %e, "OAuth callback refused");
+            return failure(StatusCode::BAD_REQUEST, None, &e.to_string());
+        }
+    };
+    let who = Some((claims.ns.as_str(), claims.name.as_str()));
+    let api: Api<ExactConnection> = Api::namespaced(s.ctx.client.clone(), &claims.ns);
+    let conn = match api.get_opt(&claims.name).await {
+        Ok(Some(c)) if c.uid().as_deref() == Some(claims.uid.as_str()) => c,
+        Ok(_) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                who,
+                "this authorization link belongs to a connection that no longer exists",
+            )
+        }
+        Err(_) => return failure(StatusCode::SERVICE_UNAVAILABLE, who, UNAVAILABLE),
+    };
+    let result = if let Some(err) = q.error {
+        let desc = q.error_description.unwrap_or_default();
+        let text: String = format!("Exact answered error={err} {desc}")
+            .chars()
+            .take(300)
+            .collect();
+        Err(Refusal::Client(text.trim().to_string()))
+    } else {
+        match q.code.filter(|c| !c.is_empty()) {
+            None => Err(Refusal::Client(
+                "the callback carries no authorization code".into(),
+            )),
+            Some(code) => exchange(&s, &conn, &claims, SecretString::from(code)).await,
+        }
+    };
+    match result {
+        Ok(()) => {
+            let note = "authorized through the operator's OAuth flow".to_string();
+            event(&s.ctx, &conn, EventType::Normal, "Authorized", note).await;
+            success(&claims.ns, &claims.name)
+        }
+        Err(Refusal::Unavailable) => failure(StatusCode::SERVICE_UNAVAILABLE, who, UNAVAILABLE),
+        Err(Refusal::Client(what)) => {
+            event(
+                &s.ctx,
+                &conn,
+                EventType::Warning,
+                "AuthorizationFailed",
+                what.clone(),
+            )
+            .await;
+            failure(StatusCode::BAD_REQUEST, who, &what)
+        }
+    }
+}
+
+enum Refusal {
+    Unavailable,
+    Client(String),
+}
+
+impl From<kube::Error> for Refusal {
+    fn from(_: kube::Error) -> Self {
+        Refusal::Unavailable
+    }
+}
+
+async fn exchange(
+    s: &OAuthState,
+    conn: &ExactConnection,
+    claims: &StateClaims,
+    code: SecretString,
+) -> Result<(), Refusal> {
+    let ctx = &s.ctx;
+    let r = match dereference(conn, ctx).await? {
+        Ok(r) => r,
+        Err(b) => return Err(Refusal::Client(b.message)),
+    };
+    let Some(redirect_uri) = r.client.spec.redirect_uri.clone() else {
+        return Err(Refusal::Client(
+            "the ExactOAuthClient has no redirectUri".into(),
+        ));
+    };
+    let owner = conn.controller_owner_ref(&()).ok_or(Refusal::Unavailable)?;
+    let handle = StateHandle {
+        api: Api::<Secret>::namespaced(ctx.client.clone(), &claims.ns),
+        name: state_secret_name(&claims.name),
+        owner,
+        connection: claims.name.clone(),
+    };
+    // Spend the state (single use) and claim the connection in one conditional write.
+    let stored = load_state(&handle.api, &handle.name).await?;
+    if stored.state.used_auth_nonces.contains(&claims.nonce) {
+        return Err(Refusal::Client(
+            "this authorization link was already used; start again".into(),
+        ));
+    }
+    let now = Timestamp::now();
+    if stored.state.claimed_by_other(&ctx.identity, now).is_some() {
+        return Err(Refusal::Client(
+            "a token call for this connection is in progress; start again in a minute".into(),
+        ));
+    }
+    let mut state = stored.state;
+    state.used_auth_nonces.push(claims.nonce.clone());
+    let skip = state.used_auth_nonces.len().saturating_sub(8);
+    state.used_auth_nonces.drain(..skip);
+    let ttl =
+        SignedDuration::try_from(ctx.settings.claim_ttl).unwrap_or(SignedDuration::from_secs(60));
+    state.claim = Some(Claim {
+        holder: ctx.identity.clone(),
+        until: now.saturating_add(ttl).unwrap_or(now),
+    });
+    let rv = match handle
+        .write(&state, stored.resource_version.as_deref())
+        .await
+    {
+        Ok(rv) => rv,
+        Err(e) if is_conflict(&e) => {
+            return Err(Refusal::Client(
+                "the connection changed meanwhile; start again".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let endpoint = TokenEndpoint {
+        http: &r.http,
+        url: &r.settings.token_url,
+        client_id: &r.client.spec.client_id,
+        client_secret: &r.client_secret,
+    };
+    let sent_at = Timestamp::now();
+    let outcome = endpoint
+        .call(Grant::AuthorizationCode {
+            code: &code,
+            redirect_uri: &redirect_uri,
+        })
+        .await;
+    ctx.metrics
+        .token_call(crate::refresh::outcome_label(&outcome), 0.0);
+    state.claim = None;
+    match outcome {
+        TokenOutcome::Granted(grant) if grant.refresh_token.is_some() => {
+            apply_grant(&mut state, grant, &r.policy, sent_at);
+            // Nothing else holds these tokens: persist before anything else.
+            let rv = handle.persist_new_chain(&state, Some(rv)).await;
+            if conn.spec.division.is_none() && state.division.is_none() {
+                discover(ctx, conn, &r, &handle, &mut state, rv).await;
+            }
+            match publish_from_state(ctx, conn, &r, &state).await {
+                Ok(Published::Conflict) => Err(Refusal::Client(format!(
+                    "authorized, but Secret {} belongs to something else; the token was not published",
+                    r.target_name
+                ))),
+                Ok(_) => Ok(()),
+                Err(_) => Ok(()), // the reconcile publishes from state shortly
+            }
+        }
+        other => {
+            let _ = handle.write(&state, Some(&rv)).await;
+            let what = match other {
+                TokenOutcome::Granted(_) => "Exact granted no refresh token".to_string(),
+                TokenOutcome::InvalidGrant(d) => {
+                    format!("Exact refused the authorization code ({d}); start again")
+                }
+                TokenOutcome::InvalidClient(d) => {
+                    format!("Exact refused the client credentials ({d})")
+                }
+                TokenOutcome::Transient { reason, .. } => format!("{reason}; start again"),
+                _ => "Exact refused the authorization code; start again".to_string(),
+            };
+            Err(Refusal::Client(what))
+        }
+    }
+}
