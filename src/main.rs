@@ -52,7 +52,11 @@ struct Args {
     /// redirectUri is <public-url>/oauth2/callback); shown in status.authorizationUrl.
     #[arg(long, env = "EXACT_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Namespace of the operator's own Secrets (the OAuth state-signing key).
+    /// Run the controllers only while holding the Lease `exact-operator-leader` in the
+    /// operator namespace (use with more than one replica).
+    #[arg(long, env = "EXACT_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the operator's own Secrets and Lease (the OAuth state-signing key).
     #[arg(long, env = "POD_NAMESPACE", default_value = "exact-operator-system")]
     operator_namespace: String,
 }
@@ -83,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, identity = %ctx.identity, "exact-operator starting");
-    let app = router(metrics, health.clone());
+    let app = router(metrics.clone(), health.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
@@ -108,7 +112,20 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     health.set_ready(true);
-    exact_operator::controller::run(ctx, shutdown_signal()).await;
+    if args.leader_elect {
+        let lease = exact_operator::leader::LeaseSettings {
+            namespace: args.operator_namespace.clone(),
+            ..Default::default()
+        };
+        let leader_metric = metrics.clone();
+        exact_operator::leader::run_as_leader(ctx, lease, shutdown_signal(), move |l| {
+            leader_metric.is_leader.set(i64::from(l));
+        })
+        .await?;
+    } else {
+        metrics.is_leader.set(1);
+        exact_operator::controller::run(ctx, shutdown_signal()).await;
+    }
     tracing::info!("exact-operator stopped");
     Ok(())
 }

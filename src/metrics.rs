@@ -29,6 +29,8 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     /// Connections by Ready reason.
     pub connection_reasons: ReasonGauge,
+    /// 1 while this process runs the controllers (leader, or leader election off).
+    pub is_leader: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for Metrics {
@@ -60,7 +62,14 @@ impl Default for Metrics {
             "1 for the current Ready reason of each connection",
             connection_reasons.family.clone(),
         );
+        let is_leader = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "is_leader",
+            "1 while this process runs the controllers",
+            is_leader.clone(),
+        );
         Metrics {
+            is_leader,
             registry: Arc::new(registry),
             token_calls,
             token_call_duration,

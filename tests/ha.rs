@@ -1,0 +1,198 @@
+//! High availability against the real control plane: leader election between two operator
+//! processes (the real binary, with the operator's RBAC identity), takeover after SIGKILL,
+//! and SIGTERM restarts that finish refreshes in flight. Never an old-token use.
+
+mod harness;
+mod support;
+
+use exact_sim::{Faults, Sim};
+use harness::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use kube::Client;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_operator(ns: &str, lease_ns: &str, pod: &str, leader_elect: bool) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exact-operator"));
+    cmd.env("KUBECONFIG", support::operator_kubeconfig_path())
+        .env("POD_NAME", pod)
+        .env("RUST_LOG", "warn")
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--namespace",
+            ns,
+            "--operator-namespace",
+            lease_ns,
+        ])
+        .args(["--max-errors-per-hour", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if leader_elect {
+        cmd.arg("--leader-elect");
+    }
+    Proc(cmd.spawn().expect("spawn exact-operator"))
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+async fn holder(client: &Client, ns: &str) -> Option<String> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    api.get_opt("exact-operator-leader")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+async fn setup(connections: &[&str]) -> (Client, String, Sim) {
+    let admin = support::admin_client().await;
+    let ns = support::fresh_namespace(&admin).await;
+    let sim = Sim::start(fast_sim(), "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    put_secret(
+        &admin,
+        &ns,
+        "app-credentials",
+        &[("client-secret", "secret-1")],
+    )
+    .await;
+    put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
+    for c in connections {
+        bootstrap_connection(&admin, &ns, &sim, c, serde_json::json!({})).await;
+    }
+    (admin, ns, sim)
+}
+
+fn refreshes(sim: &Sim, names: &[&str]) -> u64 {
+    names
+        .iter()
+        .filter_map(|n| sim.connection_stats(n))
+        .map(|c| c.counters.refresh_ok)
+        .sum()
+}
+
+#[tokio::test]
+async fn only_the_leader_refreshes_and_a_follower_takes_over_after_sigkill() {
+    let names = ["c1", "c2", "c3"];
+    let (admin, ns, sim) = setup(&names).await;
+    let a = spawn_operator(&ns, &ns, "op-a", true);
+    let leader = support::wait_for(Duration::from_secs(30), || async {
+        holder(&admin, &ns).await.filter(|h| h.starts_with("op-a"))
+    })
+    .await;
+    assert!(leader.is_some(), "op-a becomes leader");
+    let b = spawn_operator(&ns, &ns, "op-b", true);
+    for n in names {
+        wait_reason(&admin, &ns, n, "TokenPublished", Duration::from_secs(30)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        holder(&admin, &ns)
+            .await
+            .is_some_and(|h| h.starts_with("op-a")),
+        "op-b stays follower"
+    );
+
+    signal(&a, "-KILL");
+    let killed_at = Instant::now();
+    let before = refreshes(&sim, &names);
+    let took_over = support::wait_for(Duration::from_secs(60), || async {
+        holder(&admin, &ns).await.filter(|h| h.starts_with("op-b"))
+    })
+    .await;
+    assert!(took_over.is_some(), "op-b takes the lease");
+    let lease_takeover = killed_at.elapsed();
+    let refreshed = support::wait_for(Duration::from_secs(60), || async {
+        (refreshes(&sim, &names) >= before + 3).then_some(())
+    })
+    .await;
+    assert!(refreshed.is_some(), "the new leader refreshes");
+    println!(
+        "takeover after SIGKILL: lease {:?}, refreshing again after {:?}",
+        lease_takeover,
+        killed_at.elapsed()
+    );
+    assert!(
+        lease_takeover < Duration::from_secs(30),
+        "bounded takeover: {lease_takeover:?}"
+    );
+    let s = sim.stats();
+    assert_eq!(s.totals.old_refresh_token_used, 0);
+    assert_eq!(s.totals.too_early, 0);
+    for n in names {
+        wait_reason(&admin, &ns, n, "TokenPublished", Duration::from_secs(30)).await;
+    }
+    drop(b);
+}
+
+#[tokio::test]
+async fn sigterm_restarts_finish_refreshes_in_flight_and_exit_promptly() {
+    let names = ["r1", "r2", "r3"];
+    let (admin, ns, sim) = setup(&names).await;
+    // Token calls take 700 ms, so SIGTERM often lands while one is in flight.
+    sim.set_faults(Faults {
+        latency: Duration::from_millis(700),
+        ..Faults::default()
+    });
+    let mut worst_exit = Duration::ZERO;
+    for round in 0..5 {
+        let mut p = spawn_operator(&ns, &ns, &format!("op-{round}"), false);
+        tokio::time::sleep(Duration::from_millis(3000 + 700 * round)).await;
+        signal(&p, "-TERM");
+        let t = Instant::now();
+        let exited = loop {
+            if let Ok(Some(status)) = p.0.try_wait() {
+                break Some(status);
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let status = exited.expect("operator exits after SIGTERM");
+        assert!(status.success(), "clean exit: {status:?}");
+        worst_exit = worst_exit.max(t.elapsed());
+    }
+    println!("slowest SIGTERM exit: {worst_exit:?}");
+    assert!(
+        worst_exit < Duration::from_secs(10),
+        "exits well inside a grace period"
+    );
+    // No claim left behind, chains intact: a new process continues at once.
+    for n in names {
+        let state = secret_data(&admin, &ns, &format!("{n}-exact-state"))
+            .await
+            .expect("state");
+        assert!(
+            !state.contains_key("claim_holder"),
+            "{n}: claim released on shutdown"
+        );
+    }
+    let last = spawn_operator(&ns, &ns, "op-last", false);
+    let before = refreshes(&sim, &names);
+    let moved = support::wait_for(Duration::from_secs(30), || async {
+        (refreshes(&sim, &names) >= before + 3).then_some(())
+    })
+    .await;
+    assert!(moved.is_some());
+    assert_eq!(sim.stats().totals.old_refresh_token_used, 0);
+    drop(last);
+}
