@@ -91,10 +91,10 @@ impl Context {
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("exact-operator/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = ca_bundle {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|_| "caBundle is not a valid PEM certificate bundle".to_string())?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
+            for c in parse_ca_bundle(pem)? {
+                let cert = reqwest::Certificate::from_der(&c)
+                    .map_err(|_| "caBundle holds a certificate that cannot be used".to_string())?;
+                builder = builder.add_root_certificate(cert);
             }
         }
         let client = builder
@@ -102,5 +102,40 @@ impl Context {
             .map_err(|e| format!("building HTTP client: {e}"))?;
         cache.insert(key, client.clone());
         Ok(client)
+    }
+}
+
+/// Parses and checks a PEM bundle: every certificate must be a valid trust anchor, and there
+/// must be at least one, so a garbled bundle is reported instead of failing every TLS call.
+pub fn parse_ca_bundle(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut out = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert =
+            cert.map_err(|_| "caBundle is not a valid PEM certificate bundle".to_string())?;
+        roots.add(cert.clone()).map_err(|_| {
+            "caBundle holds a certificate that is not a valid X.509 CA certificate".to_string()
+        })?;
+        out.push(cert.to_vec());
+    }
+    if out.is_empty() {
+        return Err("caBundle holds no PEM certificate".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ca_bundle;
+
+    #[test]
+    fn ca_bundle_garbage_is_refused() {
+        assert!(parse_ca_bundle("").is_err());
+        assert!(parse_ca_bundle("hello").is_err());
+        let garbage = "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n";
+        let err = parse_ca_bundle(garbage).expect_err("garbage");
+        assert!(err.contains("caBundle"), "{err}");
     }
 }

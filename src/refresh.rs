@@ -241,6 +241,7 @@ pub async fn refresh(
             state.times.recent_errors = record_error(&state.times.recent_errors, now);
             let wait = retry_after.unwrap_or(Duration::from_secs(3600));
             state.not_before = Some(now.saturating_add(to_signed(wait)).unwrap_or(now));
+            state.last_error = Some("Exact blocked the app for too many errors".into());
             handle.persist(&state, Some(claimed_rv), &consumed).await?;
             Ok(RefreshEnd::Failed {
                 state,
@@ -262,6 +263,7 @@ pub async fn refresh(
                 jitter,
                 now,
             ));
+            state.last_error = Some(reason.clone());
             handle.persist(&state, Some(claimed_rv), &consumed).await?;
             Ok(RefreshEnd::Failed { state, reason })
         }
@@ -299,6 +301,7 @@ pub fn apply_grant(
     state.dead = None;
     state.claim = None;
     state.warning = warning;
+    state.last_error = None;
 }
 
 fn dead_reason(outcome: &TokenOutcome) -> (&'static str, String) {
@@ -347,4 +350,5 @@ pub fn import_bootstrap(state: &mut ConnectionState, token: SecretString, digest
     state.dead = None;
     state.not_before = None;
     state.warning = None;
+    state.last_error = None;
 }

@@ -53,6 +53,8 @@ pub struct ConnectionState {
     pub not_before: Option<Timestamp>,
     /// A warning about the last grant (e.g. an unusable expires_in), shown in status.
     pub warning: Option<String>,
+    /// Why the last token call failed (no secrets), while failures continue.
+    pub last_error: Option<String>,
     /// Nonces of OAuth `state` values already used at the callback (the last few).
     pub used_auth_nonces: Vec<String>,
 }
@@ -75,6 +77,7 @@ const K_DEAD_FINGERPRINT: &str = "dead_fingerprint";
 const K_NOT_BEFORE: &str = "not_before";
 const K_WARNING: &str = "warning";
 const K_NONCES: &str = "used_auth_nonces";
+const K_LAST_ERROR: &str = "last_error";
 
 /// Hex SHA-256 of a secret value: safe to show and compare.
 pub fn digest(value: &str) -> String {
@@ -129,6 +132,7 @@ impl ConnectionState {
             dead,
             not_before: time(data, K_NOT_BEFORE),
             warning: text(data, K_WARNING),
+            last_error: text(data, K_LAST_ERROR),
             used_auth_nonces: text(data, K_NONCES)
                 .map(|s| s.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
@@ -191,6 +195,7 @@ impl ConnectionState {
         }
         put(K_NOT_BEFORE, self.not_before.map(|t| t.to_string()));
         put(K_WARNING, self.warning.clone());
+        put(K_LAST_ERROR, self.last_error.clone());
         if !self.used_auth_nonces.is_empty() {
             put(K_NONCES, Some(self.used_auth_nonces.join(",")));
         }
@@ -241,6 +246,7 @@ mod tests {
             }),
             not_before: Some(t(30)),
             warning: Some("w".into()),
+            last_error: Some("e".into()),
             used_auth_nonces: vec!["n1".into(), "n2".into()],
         };
         let back = ConnectionState::from_data(&st.to_data());
@@ -259,6 +265,7 @@ mod tests {
         assert_eq!(back.not_before, st.not_before);
         assert_eq!(back.bootstrap_digest, st.bootstrap_digest);
         assert_eq!(back.warning.as_deref(), Some("w"));
+        assert_eq!(back.last_error.as_deref(), Some("e"));
         assert_eq!(
             back.used_auth_nonces,
             vec!["n1".to_string(), "n2".to_string()]

@@ -240,21 +240,11 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
         }
         RefreshEnd::Failed { state, reason: why } => {
             if !was_failing {
-                event(ctx, conn, EventType::Warning, "RefreshFailing", why.clone()).await;
+                event(ctx, conn, EventType::Warning, "RefreshFailing", why).await;
             }
             let now = Timestamp::now();
             let due = state.not_before.unwrap_or(now);
-            let message = format!(
-                "token refresh failed {} time(s) in a row: {why}",
-                state.times.consecutive_failures
-            );
-            let mut out = if state.access_token_valid(now) {
-                Outcome::ready(reason::TOKEN_PUBLISHED, message)
-            } else {
-                Outcome::not_ready(reason::REFRESH_FAILING, message)
-            };
-            out = out.with_state(&state, &r.policy).next_at(due, now);
-            Ok(out)
+            Ok(steady(conn, &r.policy, &state, due, now))
         }
     }
 }
@@ -285,11 +275,22 @@ fn steady(
     due: Timestamp,
     now: Timestamp,
 ) -> Outcome {
+    let failures = state.times.consecutive_failures;
     let out = if conn.spec.suspend {
         Outcome::not_ready(
             reason::SUSPENDED,
             "suspended: only keep-alive refreshes of the refresh token".into(),
         )
+    } else if let (true, Some(why)) = (failures > 0, &state.last_error) {
+        let msg = format!("token refresh failed {failures} time(s) in a row: {why}");
+        if state.access_token_valid(now) {
+            Outcome::ready(
+                reason::TOKEN_PUBLISHED,
+                format!("{msg}; the published token is still valid"),
+            )
+        } else {
+            Outcome::not_ready(reason::REFRESH_FAILING, msg)
+        }
     } else if state.access_token_valid(now) {
         let msg = state
             .warning
