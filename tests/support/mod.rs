@@ -173,3 +173,16 @@ pub async fn admin_client() -> Client {
 pub async fn operator_client(namespace: &str) -> Client {
     k8s::client_from_kubeconfig(&env().operator_kubeconfig, Some(namespace)).await
 }
+
+/// The `scripts/testenv` state folder of this test binary's control plane (it holds
+/// `kube-apiserver.pid`, `env` and the logs; pass it to `scripts/testenv apiserver-stop`),
+/// or `None` when the tests use an existing cluster. Starts the control plane if needed.
+pub fn testenv_dir() -> Option<PathBuf> {
+    if use_existing_cluster() {
+        return None;
+    }
+    env()
+        .operator_kubeconfig
+        .parent()
+        .map(|dir| dir.to_path_buf())
+}
