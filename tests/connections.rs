@@ -647,3 +647,149 @@ async fn two_operators_on_the_same_connections_never_reuse_a_refresh_token() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn suspended_connection_only_keeps_its_refresh_token_alive() {
+    let admin = support::admin_client().await;
+    let ns = support::fresh_namespace(&admin).await;
+    let sim = sim(fast_sim()).await;
+    put_secret(
+        &admin,
+        &ns,
+        "app-credentials",
+        &[("client-secret", "secret-1")],
+    )
+    .await;
+    put_client(
+        &admin,
+        &ns,
+        "app",
+        &sim,
+        serde_json::json!({"refreshTokenExpiresIn": "20s"}),
+    )
+    .await;
+    bootstrap_connection(
+        &admin,
+        &ns,
+        &sim,
+        "idle",
+        serde_json::json!({"suspend": true}),
+    )
+    .await;
+    let op = Operator::start(&ns, "op").await;
+    let (status, _, _) =
+        wait_reason(&admin, &ns, "idle", "Suspended", Duration::from_secs(30)).await;
+    assert_eq!(status, "False");
+    let first = support::wait_for(Duration::from_secs(10), || async {
+        sim.connection_stats("idle")
+            .filter(|c| c.counters.refresh_ok == 1)
+    })
+    .await;
+    assert!(first.is_some(), "one keep-alive refresh on import");
+    // 6 s tokens would have been refreshed ~once per 5 s; suspended, nothing happens until
+    // half of the 20 s refresh-token lifetime has passed.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        sim.connection_stats("idle").map(|c| c.counters.refresh_ok),
+        Some(1)
+    );
+    let api: Api<ExactConnection> = Api::namespaced(admin.clone(), &ns);
+    let st = api.get("idle").await.expect("conn").status.expect("status");
+    let gap = st
+        .next_refresh_time
+        .expect("next")
+        .duration_since(st.last_refresh_time.expect("last"));
+    assert_eq!(
+        gap.as_secs(),
+        10,
+        "keep-alive halfway through the refresh token's life"
+    );
+    let kept_alive = support::wait_for(Duration::from_secs(15), || async {
+        sim.connection_stats("idle")
+            .filter(|c| c.counters.refresh_ok == 2)
+    })
+    .await;
+    assert!(
+        kept_alive.is_some(),
+        "keep-alive refresh before the refresh token expires"
+    );
+    assert_eq!(sim.stats().totals.refresh_token_expired, 0);
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn private_ca_bundle_is_trusted_for_https_endpoints() {
+    let admin = support::admin_client().await;
+    let ns = support::fresh_namespace(&admin).await;
+    let sim = sim(SimConfig {
+        tls: true,
+        ..fast_sim()
+    })
+    .await;
+    assert!(sim.base_url().starts_with("https://"));
+    let pem = sim.cert_pem().expect("sim certificate").to_string();
+    put_secret(
+        &admin,
+        &ns,
+        "app-credentials",
+        &[("client-secret", "secret-1")],
+    )
+    .await;
+    put_secret(
+        &admin,
+        &ns,
+        "untrusted-credentials",
+        &[("client-secret", "secret-1")],
+    )
+    .await;
+    put_client(
+        &admin,
+        &ns,
+        "app",
+        &sim,
+        serde_json::json!({"allowInsecureHttp": false, "caBundle": pem}),
+    )
+    .await;
+    put_client(
+        &admin,
+        &ns,
+        "untrusted",
+        &sim,
+        serde_json::json!({"allowInsecureHttp": false}),
+    )
+    .await;
+    bootstrap_connection(&admin, &ns, &sim, "trusted", serde_json::json!({})).await;
+    bootstrap_connection(
+        &admin,
+        &ns,
+        &sim,
+        "stranger",
+        serde_json::json!({"clientRef": {"name": "untrusted"}}),
+    )
+    .await;
+    let op = Operator::start(&ns, "op").await;
+    wait_reason(
+        &admin,
+        &ns,
+        "trusted",
+        "TokenPublished",
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, _, msg) = wait_reason(
+        &admin,
+        &ns,
+        "stranger",
+        "RefreshFailing",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(msg.contains("connection failed"), "{msg}");
+    assert_eq!(
+        sim.connection_stats("stranger")
+            .map(|c| c.counters.token_calls)
+            .unwrap_or(0),
+        0
+    );
+    op.stop().await;
+}
