@@ -1,17 +1,50 @@
-//! Prometheus metrics of the operator.
+//! Prometheus metrics of the operator (served on /metrics in the text exposition format).
 
+use jiff::Timestamp;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Label of token-call outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// granted, too_early, old_refresh_token_used, transient, ...
     pub outcome: String,
+}
+
+/// Label of per-connection series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabel {
+    /// Namespace of the connection.
+    pub namespace: String,
+    /// Name of the connection.
+    pub name: String,
+}
+
+/// Label of the Ready-reason series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Namespace of the connection.
+    pub namespace: String,
+    /// Name of the connection.
+    pub name: String,
+    /// Ready reason.
+    pub reason: String,
+}
+
+/// Per-connection timing facts, as unix timestamps.
+pub struct ConnectionTimes {
+    /// Access-token expiry.
+    pub access_token_expires_at: Option<Timestamp>,
+    /// Refresh-token expiry.
+    pub refresh_token_expires_at: Option<Timestamp>,
+    /// Next planned token call.
+    pub next_refresh_at: Option<Timestamp>,
 }
 
 /// The operator's metrics.
@@ -27,55 +60,83 @@ pub struct Metrics {
     pub reconciles: Counter,
     /// Reconciles that ended in an error.
     pub reconcile_errors: Counter,
-    /// Connections by Ready reason.
-    pub connection_reasons: ReasonGauge,
+    /// Reconcile duration in seconds.
+    pub reconcile_duration: Histogram,
     /// 1 while this process runs the controllers (leader, or leader election off).
-    pub is_leader: prometheus_client::metrics::gauge::Gauge,
+    pub is_leader: Gauge,
+    access_expiry: Family<ConnectionLabel, Gauge>,
+    refresh_expiry: Family<ConnectionLabel, Gauge>,
+    next_refresh: Family<ConnectionLabel, Gauge>,
+    reasons: Family<ReasonLabel, Gauge>,
+    current_reason: Arc<Mutex<HashMap<ConnectionLabel, String>>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("exact_operator");
-        let token_calls = Family::<OutcomeLabel, Counter>::default();
-        registry.register(
+        let mut r = Registry::with_prefix("exact_operator");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            token_calls: Family::default(),
+            token_call_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            is_leader: Gauge::default(),
+            access_expiry: Family::default(),
+            refresh_expiry: Family::default(),
+            next_refresh: Family::default(),
+            reasons: Family::default(),
+            current_reason: Arc::default(),
+        };
+        r.register(
             "token_calls",
             "Token endpoint calls by outcome",
-            token_calls.clone(),
+            m.token_calls.clone(),
         );
-        let token_call_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
-        registry.register(
+        r.register(
             "token_call_duration_seconds",
             "Token endpoint call duration",
-            token_call_duration.clone(),
+            m.token_call_duration.clone(),
         );
-        let reconciles = Counter::default();
-        registry.register("reconciles", "Reconciles run", reconciles.clone());
-        let reconcile_errors = Counter::default();
-        registry.register(
+        r.register("reconciles", "Reconciles run", m.reconciles.clone());
+        r.register(
             "reconcile_errors",
             "Reconciles that failed",
-            reconcile_errors.clone(),
+            m.reconcile_errors.clone(),
         );
-        let connection_reasons = ReasonGauge::default();
-        registry.register(
-            "connection_ready_reason",
-            "1 for the current Ready reason of each connection",
-            connection_reasons.family.clone(),
+        r.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            m.reconcile_duration.clone(),
         );
-        let is_leader = prometheus_client::metrics::gauge::Gauge::default();
-        registry.register(
+        r.register(
             "is_leader",
             "1 while this process runs the controllers",
-            is_leader.clone(),
+            m.is_leader.clone(),
+        );
+        r.register(
+            "access_token_expiry_timestamp_seconds",
+            "When each connection's published access token expires",
+            m.access_expiry.clone(),
+        );
+        r.register(
+            "refresh_token_expiry_timestamp_seconds",
+            "When each connection's refresh token expires if unused",
+            m.refresh_expiry.clone(),
+        );
+        r.register(
+            "next_refresh_timestamp_seconds",
+            "When each connection's next token call is planned",
+            m.next_refresh.clone(),
+        );
+        r.register(
+            "connection_ready_reason",
+            "1 for the current Ready reason of each connection",
+            m.reasons.clone(),
         );
         Metrics {
-            is_leader,
-            registry: Arc::new(registry),
-            token_calls,
-            token_call_duration,
-            reconciles,
-            reconcile_errors,
-            connection_reasons,
+            registry: Arc::new(r),
+            ..m
         }
     }
 }
@@ -91,6 +152,43 @@ impl Metrics {
         self.token_call_duration.observe(seconds);
     }
 
+    /// Records a connection's Ready reason and timing facts.
+    pub fn connection(&self, namespace: &str, name: &str, reason: &str, times: &ConnectionTimes) {
+        let key = ConnectionLabel {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let set = |family: &Family<ConnectionLabel, Gauge>, t: Option<Timestamp>| match t {
+            Some(t) => {
+                family.get_or_create(&key).set(t.as_second());
+            }
+            None => {
+                family.remove(&key);
+            }
+        };
+        set(&self.access_expiry, times.access_token_expires_at);
+        set(&self.refresh_expiry, times.refresh_token_expires_at);
+        set(&self.next_refresh, times.next_refresh_at);
+        if let Ok(mut cur) = self.current_reason.lock() {
+            if let Some(old) = cur.insert(key.clone(), reason.to_string()) {
+                if old != reason {
+                    self.reasons.remove(&ReasonLabel {
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                        reason: old,
+                    });
+                }
+            }
+        }
+        self.reasons
+            .get_or_create(&ReasonLabel {
+                namespace: key.namespace,
+                name: key.name,
+                reason: reason.into(),
+            })
+            .set(1);
+    }
+
     /// Renders the text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -101,56 +199,30 @@ impl Metrics {
     }
 }
 
-/// Label of the connection-state gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabel {
-    /// Namespace of the connection.
-    pub namespace: String,
-    /// Name of the connection.
-    pub name: String,
-    /// Ready reason.
-    pub reason: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Metrics {
-    /// Records the Ready reason of a connection (1 for the current reason).
-    pub fn ready_reason(&self, namespace: &str, name: &str, reason: &str) {
-        self.connection_reasons.clear_for(namespace, name);
-        if let Ok(mut cur) = self.connection_reasons.current.lock() {
-            cur.insert(
-                (namespace.to_string(), name.to_string()),
-                reason.to_string(),
-            );
-        }
-        self.connection_reasons
-            .family
-            .get_or_create(&ConnectionLabel {
-                namespace: namespace.into(),
-                name: name.into(),
-                reason: reason.into(),
-            })
-            .set(1);
-    }
-}
-
-/// Connections by Ready reason: one series per connection, for the current reason.
-#[derive(Clone, Default)]
-pub struct ReasonGauge {
-    /// The gauge family.
-    pub family: Family<ConnectionLabel, prometheus_client::metrics::gauge::Gauge>,
-    current: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), String>>>,
-}
-
-impl ReasonGauge {
-    fn clear_for(&self, namespace: &str, name: &str) {
-        if let Ok(mut cur) = self.current.lock() {
-            if let Some(old) = cur.remove(&(namespace.to_string(), name.to_string())) {
-                self.family.remove(&ConnectionLabel {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    reason: old,
-                });
-            }
-        }
+    #[test]
+    fn connection_series_follow_the_current_reason() {
+        let m = Metrics::default();
+        let t = Timestamp::from_second(1_800_000_000).expect("valid");
+        let times = ConnectionTimes {
+            access_token_expires_at: Some(t),
+            refresh_token_expires_at: None,
+            next_refresh_at: Some(t),
+        };
+        m.connection("ns", "c", "Pending", &times);
+        m.connection("ns", "c", "TokenPublished", &times);
+        m.token_call("granted", 0.05);
+        let text = m.render();
+        assert!(text.contains(r#"exact_operator_connection_ready_reason{namespace="ns",name="c",reason="TokenPublished"} 1"#), "{text}");
+        assert!(
+            !text.contains(r#"reason="Pending""#),
+            "old reason dropped: {text}"
+        );
+        assert!(text.contains(r#"exact_operator_access_token_expiry_timestamp_seconds{namespace="ns",name="c"} 1800000000"#));
+        assert!(!text.contains("exact_operator_refresh_token_expiry_timestamp_seconds{"));
+        assert!(text.contains(r#"exact_operator_token_calls_total{outcome="granted"} 1"#));
     }
 }

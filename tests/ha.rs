@@ -23,13 +23,23 @@ impl Drop for Proc {
 }
 
 fn spawn_operator(ns: &str, lease_ns: &str, pod: &str, leader_elect: bool) -> Proc {
+    spawn_operator_on(ns, lease_ns, pod, leader_elect, "127.0.0.1:0")
+}
+
+fn spawn_operator_on(
+    ns: &str,
+    lease_ns: &str,
+    pod: &str,
+    leader_elect: bool,
+    metrics: &str,
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_exact-operator"));
     cmd.env("KUBECONFIG", support::operator_kubeconfig_path())
         .env("POD_NAME", pod)
         .env("RUST_LOG", "warn")
         .args([
             "--metrics-addr",
-            "127.0.0.1:0",
+            metrics,
             "--namespace",
             ns,
             "--operator-namespace",
@@ -195,4 +205,65 @@ async fn sigterm_restarts_finish_refreshes_in_flight_and_exit_promptly() {
     assert!(moved.is_some());
     assert_eq!(sim.stats().totals.old_refresh_token_used, 0);
     drop(last);
+}
+
+#[tokio::test]
+async fn metrics_and_probes_are_served() {
+    let names = ["m1"];
+    let (admin, ns, sim) = setup(&names).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _p = spawn_operator_on(&ns, &ns, "op-m", false, &addr);
+    wait_reason(&admin, &ns, "m1", "TokenPublished", Duration::from_secs(30)).await;
+    let http = reqwest::Client::new();
+    for probe in ["healthz", "readyz"] {
+        let r = http
+            .get(format!("http://{addr}/{probe}"))
+            .send()
+            .await
+            .expect("probe");
+        assert_eq!(r.status().as_u16(), 200, "{probe}");
+    }
+    let series = [
+        format!(
+            r#"exact_operator_connection_ready_reason{{namespace="{ns}",name="m1",reason="TokenPublished"}} 1"#
+        ),
+        format!(
+            r#"exact_operator_access_token_expiry_timestamp_seconds{{namespace="{ns}",name="m1"}}"#
+        ),
+        format!(
+            r#"exact_operator_refresh_token_expiry_timestamp_seconds{{namespace="{ns}",name="m1"}}"#
+        ),
+        format!(r#"exact_operator_next_refresh_timestamp_seconds{{namespace="{ns}",name="m1"}}"#),
+        r#"exact_operator_token_calls_total{outcome="granted"}"#.to_string(),
+        "exact_operator_token_call_duration_seconds_bucket".to_string(),
+        "exact_operator_reconcile_duration_seconds_count".to_string(),
+        "exact_operator_is_leader 1".to_string(),
+    ];
+    let text = support::wait_for(Duration::from_secs(20), || async {
+        let t = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        series.iter().all(|s| t.contains(s.as_str())).then_some(t)
+    })
+    .await;
+    assert!(text.is_some(), "all series present");
+    let text = text.unwrap_or_default();
+    let state = secret_data(&admin, &ns, "m1-exact-state")
+        .await
+        .expect("state");
+    assert!(
+        !text.contains(&state["access_token"]) && !text.contains(&state["refresh_token"]),
+        "no token in metrics"
+    );
+    drop(sim);
 }

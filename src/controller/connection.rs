@@ -27,7 +27,12 @@ use std::time::Duration;
 /// Reconciles one connection.
 pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
-    let outcome = run(&conn, &ctx).await?;
+    let started = std::time::Instant::now();
+    let outcome = run(&conn, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = outcome?;
     let requeue = outcome.requeue.or(Some(ctx.settings.recheck_interval));
     write_status(&conn, &ctx, outcome).await?;
     Ok(Action::requeue(

@@ -2,9 +2,10 @@
 //! skipped when nothing changed).
 
 use super::Error;
-use crate::conditions::{find_ready, ready};
+use crate::conditions::ready;
 use crate::context::Context;
 use crate::crd::{ExactConnection, ExactConnectionStatus};
+use crate::metrics::ConnectionTimes;
 use crate::schedule::{refresh_token_expires_at, RefreshPolicy};
 use crate::state::ConnectionState;
 use jiff::Timestamp;
@@ -116,6 +117,16 @@ pub async fn write_status(
         secret_name: Some(super::deref::target_name(conn)),
         message: Some(message),
     };
+    ctx.metrics.connection(
+        &conn.namespace().unwrap_or_default(),
+        &conn.name_any(),
+        reason,
+        &ConnectionTimes {
+            access_token_expires_at: status.access_token_expires_at,
+            refresh_token_expires_at: status.refresh_token_expires_at,
+            next_refresh_at: status.next_refresh_time,
+        },
+    );
     if same_status(&prev, &status) {
         return Ok(());
     }
@@ -132,13 +143,6 @@ pub async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
-    if let Some(c) = find_ready(&status.conditions) {
-        ctx.metrics.ready_reason(
-            &conn.namespace().unwrap_or_default(),
-            &conn.name_any(),
-            &c.reason,
-        );
-    }
     Ok(())
 }
 
