@@ -21,19 +21,7 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(40);
 
 async fn setup() -> (Client, String, Sim) {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = Sim::start(fast_sim(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     bootstrap_connection(&admin, &ns, &sim, "control", serde_json::json!({})).await;
     (admin, ns, sim)
 }

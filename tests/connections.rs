@@ -20,17 +20,7 @@ async fn sim(cfg: SimConfig) -> Sim {
 
 #[tokio::test]
 async fn happy_path_rotates_on_time_and_never_publishes_the_refresh_token() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     bootstrap_connection(&admin, &ns, &sim, "acme", serde_json::json!({})).await;
     let op = Operator::start(&ns, "op").await;
 
@@ -129,21 +119,8 @@ async fn happy_path_rotates_on_time_and_never_publishes_the_refresh_token() {
 
 #[tokio::test]
 async fn explicit_division_and_custom_target() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(
-        &admin,
-        &ns,
-        "app",
-        &sim,
+    let TestEnv { admin, ns, sim } = test_env(
+        fast_sim(),
         serde_json::json!({"accessTokenExpiresIn": "600000"}),
     )
     .await;
@@ -351,17 +328,7 @@ async fn namespace_not_allowed_by_client() {
 
 #[tokio::test]
 async fn foreign_and_shared_target_secrets_are_never_overwritten() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     put_secret(&admin, &ns, "foreign", &[("hello", "world")]).await;
     bootstrap_connection(
         &admin,
@@ -416,27 +383,13 @@ async fn foreign_and_shared_target_secrets_are_never_overwritten() {
 
 #[tokio::test]
 async fn edited_or_deleted_workload_secret_is_restored_without_a_token_call() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(SimConfig {
-        access_token_lifetime: Duration::from_secs(120),
-        refresh_window: Duration::from_secs(2),
-        ..SimConfig::default()
-    }
-    .with_client("app-1", "secret-1"))
-    .await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(
-        &admin,
-        &ns,
-        "app",
-        &sim,
+    let TestEnv { admin, ns, sim } = test_env(
+        SimConfig {
+            access_token_lifetime: Duration::from_secs(120),
+            refresh_window: Duration::from_secs(2),
+            ..SimConfig::default()
+        }
+        .with_client("app-1", "secret-1"),
         serde_json::json!({"accessTokenExpiresIn": "120s"}),
     )
     .await;
@@ -494,17 +447,7 @@ async fn edited_or_deleted_workload_secret_is_restored_without_a_token_call() {
 
 #[tokio::test]
 async fn bootstrap_secret_reimported_only_when_its_value_changes() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     let first = bootstrap_connection(&admin, &ns, &sim, "acme", serde_json::json!({})).await;
     let op = Operator::start(&ns, "op").await;
     wait_reason(
@@ -548,32 +491,10 @@ async fn bootstrap_secret_reimported_only_when_its_value_changes() {
 
 #[tokio::test]
 async fn dead_chain_requires_reauthorization_and_stops_calls() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     // Rotate the seeded token out of band, then hand the operator the old one.
     let old = sim.seed_connection("app-1", "acme", None);
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{}/api/oauth2/token", sim.base_url()))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", old.as_str()),
-            ("client_id", "app-1"),
-            ("client_secret", "secret-1"),
-        ])
-        .send()
-        .await
-        .expect("out-of-band refresh");
-    assert_eq!(resp.status().as_u16(), 200);
+    rotate_out_of_band(&sim, &old).await;
     put_secret(&admin, &ns, "acme-bootstrap", &[("refresh-token", &old)]).await;
     put_connection(
         &admin,
@@ -612,17 +533,7 @@ async fn dead_chain_requires_reauthorization_and_stops_calls() {
 
 #[tokio::test]
 async fn two_operators_on_the_same_connections_never_reuse_a_refresh_token() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     for name in ["c1", "c2", "c3"] {
         bootstrap_connection(&admin, &ns, &sim, name, serde_json::json!({})).await;
     }
@@ -650,21 +561,8 @@ async fn two_operators_on_the_same_connections_never_reuse_a_refresh_token() {
 
 #[tokio::test]
 async fn suspended_connection_only_keeps_its_refresh_token_alive() {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(
-        &admin,
-        &ns,
-        "app",
-        &sim,
+    let TestEnv { admin, ns, sim } = test_env(
+        fast_sim(),
         serde_json::json!({"refreshTokenExpiresIn": "20s"}),
     )
     .await;

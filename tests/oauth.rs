@@ -12,27 +12,16 @@ use kube::Client;
 use std::time::Duration;
 
 async fn setup(state_ttl: Duration) -> (Client, String, Sim, Operator) {
-    let admin = support::admin_client().await;
-    let ns = support::fresh_namespace(&admin).await;
     let cfg = SimConfig {
         auto_consent: true,
         ..fast_sim()
     };
-    let sim = Sim::start(cfg, "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
+    let TestEnv { admin, ns, sim } = test_env(cfg, serde_json::json!({})).await;
     let op = Operator::start_with_oauth(&ns, "op", state_ttl).await;
     let callback = format!(
         "{}/oauth2/callback",
         op.oauth_url.clone().expect("oauth url")
     );
-    put_secret(
-        &admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
     put_client(
         &admin,
         &ns,
@@ -282,18 +271,7 @@ async fn expired_state_is_refused() {
 async fn dead_chain_shows_the_consent_link_again_and_reconsent_recovers() {
     let (admin, ns, sim, op) = setup(Duration::from_secs(600)).await;
     let old = sim.seed_connection("app-1", "acme", None);
-    let resp = reqwest::Client::new()
-        .post(sim.token_url())
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", old.as_str()),
-            ("client_id", "app-1"),
-            ("client_secret", "secret-1"),
-        ])
-        .send()
-        .await
-        .expect("out-of-band refresh");
-    assert_eq!(resp.status().as_u16(), 200);
+    rotate_out_of_band(&sim, &old).await;
     put_secret(&admin, &ns, "acme-bootstrap", &[("refresh-token", &old)]).await;
     put_connection(
         &admin,

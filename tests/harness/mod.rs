@@ -297,3 +297,53 @@ pub async fn secret_data(
             .collect(),
     )
 }
+
+/// A fresh namespace with exact-sim running and a client `app` (Secret `app-credentials`)
+/// pointing at it: the common start of every end-to-end test.
+pub struct TestEnv {
+    /// Admin client.
+    pub admin: Client,
+    /// The test's namespace.
+    pub ns: String,
+    /// The simulator.
+    pub sim: Sim,
+}
+
+/// Starts exact-sim on a loopback port.
+pub async fn start_sim(cfg: SimConfig) -> Sim {
+    Sim::start(cfg, "127.0.0.1:0".parse().expect("loopback address"))
+        .await
+        .expect("exact-sim starts")
+}
+
+/// Sets up a [`TestEnv`]; `client_extra` is merged into the client's spec.
+pub async fn test_env(cfg: SimConfig, client_extra: serde_json::Value) -> TestEnv {
+    let admin = support::admin_client().await;
+    let ns = support::fresh_namespace(&admin).await;
+    let sim = start_sim(cfg).await;
+    put_secret(
+        &admin,
+        &ns,
+        "app-credentials",
+        &[("client-secret", "secret-1")],
+    )
+    .await;
+    put_client(&admin, &ns, "app", &sim, client_extra).await;
+    TestEnv { admin, ns, sim }
+}
+
+/// Refreshes a simulator chain behind the operator's back, so `token` becomes an old one.
+pub async fn rotate_out_of_band(sim: &Sim, token: &str) {
+    let resp = reqwest::Client::new()
+        .post(sim.token_url())
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", "app-1"),
+            ("client_secret", "secret-1"),
+        ])
+        .send()
+        .await
+        .expect("out-of-band refresh");
+    assert_eq!(resp.status().as_u16(), 200, "out-of-band refresh works");
+}
