@@ -134,12 +134,30 @@ impl Default for Metrics {
             "1 for the current Ready reason of each connection",
             m.reasons.clone(),
         );
+        // Every outcome exists from the start at 0, so the first failure shows up in rate().
+        for outcome in OUTCOMES {
+            m.token_calls.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
         Metrics {
             registry: Arc::new(r),
             ..m
         }
     }
 }
+
+/// Every token-call outcome label.
+pub const OUTCOMES: [&str; 8] = [
+    "granted",
+    "too_early",
+    "old_refresh_token_used",
+    "refresh_token_expired",
+    "invalid_grant",
+    "invalid_client",
+    "blocked",
+    "transient",
+];
 
 impl Metrics {
     /// Counts one token call.
