@@ -1,0 +1,303 @@
+//! exact-bench: scale benchmark of exact-operator on the real control plane and exact-sim.
+//!
+//! ```sh
+//! cargo run --release --bin exact-bench -- --connections 1000 --token-lifetime 60s \
+//!     --window 5s --duration 10m --burst 1000 --report bench.md
+//! ```
+//!
+//! Phases: create N connections (operator not running yet) -> start the operator process and
+//! time the cold start until all are Ready -> steady refreshing for `--duration`, with no
+//! bench traffic on the API server -> a burst of `--burst` new connections. See BENCHMARKS.md.
+#![forbid(unsafe_code)]
+
+mod cluster;
+mod fixtures;
+mod phases;
+mod process;
+mod report;
+mod sim;
+mod watch;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use cluster::ControlPlane;
+use exact_operator::duration::parse_duration;
+use fixtures::Fixture;
+use phases::{Mark, Probes};
+use process::{cpu_seconds, status_kib, Operator, RssSampler};
+use report::{Params, Report};
+use sim::SimHandle;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use watch::FirstSeen;
+
+/// Scale benchmark of exact-operator.
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Args {
+    /// Connections that exist before the operator starts.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Access-token lifetime (simulator and client spec).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    token_lifetime: Duration,
+    /// Refresh window (simulator and client spec).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    window: Duration,
+    /// refreshBefore of each connection (default: 5/6 of the window).
+    #[arg(long, value_parser = parse_duration)]
+    refresh_before: Option<Duration>,
+    /// Length of the steady phase (0 skips it).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// New connections applied at once after the steady phase (0 skips the burst).
+    #[arg(long, default_value_t = 0)]
+    burst: usize,
+    /// Also write the markdown report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Use this cluster (admin rights) instead of starting one with scripts/testenv.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Use an exact-sim already running here (client bench:bench-secret, same lifetimes).
+    #[arg(long)]
+    sim_url: Option<String>,
+    /// Operator binary (default: exact-operator next to this binary, built if missing).
+    #[arg(long)]
+    operator: Option<PathBuf>,
+    /// Namespace for everything (default: bench-<unix time>).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Concurrent API requests while creating objects.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Operator --log-level.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Give up on the cold start after this long.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    cold_start_timeout: Duration,
+    /// Give up on the burst after this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    burst_timeout: Duration,
+    /// Folder for logs and the control plane's state (default: a temporary folder, deleted
+    /// afterwards unless --keep).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the work folder (logs).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Progress on stderr.
+pub fn log(msg: impl AsRef<str>) {
+    eprintln!("bench: {}", msg.as_ref());
+}
+
+fn machine() -> (usize, f64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    (cpus, kib / 1024.0 / 1024.0)
+}
+
+/// `git describe --always --dirty` of the repository (the operator may include local edits).
+fn revision() -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
+    let window = args.window;
+    let refresh_before = args.refresh_before.unwrap_or(window * 5 / 6);
+    if refresh_before > window || window >= args.token_lifetime {
+        bail!("need refreshBefore <= window < token lifetime");
+    }
+    let (cpus, mem_gib) = machine();
+    let mut report = Report {
+        params: Params {
+            connections: args.connections,
+            token_lifetime_s: args.token_lifetime.as_secs_f64(),
+            window_s: window.as_secs_f64(),
+            refresh_before_s: refresh_before.as_secs_f64(),
+            duration_s: args.duration.as_secs_f64(),
+            burst: args.burst,
+            cpus,
+            mem_gib,
+            revision: revision(),
+        },
+        ..Default::default()
+    };
+
+    let plane = match &args.kubeconfig {
+        Some(k) => ControlPlane::existing(k.clone()),
+        None => ControlPlane::start(&work.join("testenv"))?,
+    };
+    let client = cluster::client(&plane.kubeconfig).await?;
+    cluster::install_crds(&client).await?;
+    let sim = match &args.sim_url {
+        Some(url) => SimHandle::attach(url),
+        None => SimHandle::spawn(
+            &process::sibling_binary("exact-sim", "exact-sim")?,
+            args.token_lifetime,
+            window,
+            &work.join("exact-sim.log"),
+        )?,
+    };
+    let operator_bin = match &args.operator {
+        Some(p) => p.clone(),
+        None => process::sibling_binary("exact-operator", "exact-operator")?,
+    };
+    let namespace = args.namespace.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("bench-{secs}")
+    });
+    let fx = Fixture {
+        client: client.clone(),
+        namespace: namespace.clone(),
+        refresh_before,
+        concurrency: args.concurrency.max(1),
+    };
+
+    // Setup: N connections before the operator runs.
+    log(format!(
+        "creating {} connections in namespace {namespace}",
+        args.connections
+    ));
+    fx.base(&sim, args.token_lifetime, window).await?;
+    let names = fixtures::names("c", args.connections);
+    let t = Instant::now();
+    fx.bootstrap(&sim, &names).await?;
+    fx.connections(&names).await?;
+    report.setup_seconds = t.elapsed().as_secs_f64();
+
+    // Cold start.
+    let ready = FirstSeen::ready_connections(&client, &namespace);
+    ready.synced().await;
+    let log_file = work.join("operator.log");
+    log(format!(
+        "starting {} (log: {})",
+        operator_bin.display(),
+        log_file.display()
+    ));
+    let pre_requests = cluster::scrape(&client).await?;
+    let started = Instant::now();
+    let mut operator = Operator::spawn(
+        &operator_bin,
+        &plane.kubeconfig,
+        &namespace,
+        &args.log_level,
+        &log_file,
+    )?;
+    let rss = RssSampler::start(operator.pid());
+    let probes_start = Mark {
+        at: started,
+        requests: pre_requests,
+        cpu: 0.0,
+        apiserver: plane.pid("kube-apiserver").and_then(cpu_seconds),
+        etcd: plane.pid("etcd").and_then(cpu_seconds),
+        reconciles: Some(0.0),
+    };
+    phases::wait_all(&ready, &names, args.cold_start_timeout, &operator)
+        .await
+        .context("cold start")?;
+    let last_ready = names
+        .iter()
+        .filter_map(|n| ready.get(n))
+        .max()
+        .unwrap_or(started);
+    ready.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let probes = Probes {
+        operator: &operator,
+        apiserver: plane.pid("kube-apiserver"),
+        etcd: plane.pid("etcd"),
+        client: &client,
+    };
+    if operator
+        .metric("exact_operator_reconciles_total")
+        .await
+        .is_none()
+    {
+        log("warning: operator /metrics not readable");
+    }
+    if !names.is_empty() {
+        let cold = probes
+            .phase(
+                &probes_start,
+                names.len() as f64,
+                Some(last_ready - started),
+            )
+            .await?;
+        log(format!(
+            "cold start: all {} Ready after {:.1} s",
+            names.len(),
+            cold.seconds
+        ));
+        report.cold_start = Some(cold);
+    }
+
+    if !args.duration.is_zero() && !names.is_empty() {
+        let timing = phases::Timing {
+            lifetime: args.token_lifetime,
+            window,
+            refresh_before,
+        };
+        let steady = phases::steady(&probes, &sim, &names, timing, args.duration, &rss);
+        report.steady = Some(steady.await?);
+    }
+    if args.burst > 0 {
+        let burst = phases::burst(&probes, &fx, &sim, args.burst, args.burst_timeout);
+        report.burst = Some(burst.await?);
+    }
+
+    report.rss_peak_mib = status_kib(operator.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
+    operator.stop();
+    drop(sim);
+    drop(plane);
+    Ok(report)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let temp = args.work_dir.is_none();
+    let work = args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("exact-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&work)?;
+    let result = run(&args, &work).await;
+    if temp && !args.keep && result.is_ok() {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        log(format!("logs kept in {}", work.display()));
+    }
+    let report = result?;
+    let md = report.markdown();
+    println!("{md}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

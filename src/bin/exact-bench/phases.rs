@@ -1,0 +1,193 @@
+//! The measured phases after the cold start: steady refreshing and the burst, plus the
+//! readings taken at phase boundaries.
+
+use crate::cluster::{self, Requests};
+use crate::fixtures::{self, Fixture};
+use crate::log;
+use crate::process::{cpu_seconds, Operator, RssSampler};
+use crate::report::{Burst, Phase, PhaseInput, Steady, SteadyInput};
+use crate::sim::{SimHandle, Stats};
+use crate::watch::FirstSeen;
+use anyhow::bail;
+use std::time::{Duration, Instant};
+
+/// Processes whose CPU the bench reads, and the operator's metrics.
+pub struct Probes<'a> {
+    pub operator: &'a Operator,
+    pub apiserver: Option<u32>,
+    pub etcd: Option<u32>,
+    pub client: &'a kube::Client,
+}
+
+/// Readings at a phase boundary.
+pub struct Mark {
+    pub at: Instant,
+    pub requests: Requests,
+    pub cpu: f64,
+    pub apiserver: Option<f64>,
+    pub etcd: Option<f64>,
+    pub reconciles: Option<f64>,
+}
+
+impl Probes<'_> {
+    pub async fn mark(&self) -> anyhow::Result<Mark> {
+        Ok(Mark {
+            requests: cluster::scrape(self.client).await?,
+            cpu: cpu_seconds(self.operator.pid()).unwrap_or(0.0),
+            apiserver: self.apiserver.and_then(cpu_seconds),
+            etcd: self.etcd.and_then(cpu_seconds),
+            reconciles: self
+                .operator
+                .metric("exact_operator_reconciles_total")
+                .await,
+            at: Instant::now(),
+        })
+    }
+
+    pub async fn phase(
+        &self,
+        start: &Mark,
+        units: f64,
+        elapsed: Option<Duration>,
+    ) -> anyhow::Result<Phase> {
+        let end = self.mark().await?;
+        let sub = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        Ok(Phase::new(PhaseInput {
+            elapsed: elapsed.unwrap_or(end.at - start.at),
+            units,
+            requests: &cluster::diff(&start.requests, &end.requests),
+            cpu_s: end.cpu - start.cpu,
+            apiserver_cpu_s: sub(start.apiserver, end.apiserver),
+            etcd_cpu_s: sub(start.etcd, end.etcd),
+            reconciles: sub(start.reconciles, end.reconciles),
+        }))
+    }
+}
+
+/// Waits until `seen` has every name, the operator died, or `timeout` passed.
+pub async fn wait_all(
+    seen: &FirstSeen,
+    names: &[String],
+    timeout: Duration,
+    operator: &Operator,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_log = Instant::now();
+    loop {
+        let n = seen.count(names);
+        if n == names.len() {
+            return Ok(());
+        }
+        if !operator.alive() {
+            bail!("the operator exited ({n}/{} done)", names.len());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out: {n}/{} done after {timeout:?}", names.len());
+        }
+        if last_log.elapsed() > Duration::from_secs(10) {
+            log(format!("  {n}/{} done", names.len()));
+            last_log = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Token timing of the run.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    /// Access-token lifetime.
+    pub lifetime: Duration,
+    /// Refresh window.
+    pub window: Duration,
+    /// refreshBefore of each connection.
+    pub refresh_before: Duration,
+}
+
+/// Steady refreshing for `duration`; no bench requests reach the API server between the
+/// two marks.
+pub async fn steady(
+    probes: &Probes<'_>,
+    sim: &SimHandle,
+    names: &[String],
+    timing: Timing,
+    duration: Duration,
+    rss: &RssSampler,
+) -> anyhow::Result<Steady> {
+    let before = sim.stats().await?;
+    let start = probes.mark().await?;
+    rss.take();
+    log(format!("steady phase: {duration:?}"));
+    let end = Instant::now() + duration;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        log(format!("  {:.0} s left", left.as_secs_f64()));
+        tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+    }
+    let after = sim.stats().await?;
+    let refreshes =
+        |s: &Stats, n: &String| s.connections.get(n).map_or(0, |c| c.counters.refresh_ok);
+    let total: u64 = names
+        .iter()
+        .map(|n| refreshes(&after, n) - refreshes(&before, n))
+        .sum();
+    let phase = probes.phase(&start, total as f64, None).await?;
+    let samples = rss.take();
+    Ok(Steady::new(
+        SteadyInput {
+            names,
+            before: &before,
+            after: &after,
+            refresh_before: timing.refresh_before,
+            window: timing.window,
+            lifetime: timing.lifetime,
+            rss_kib: &samples,
+        },
+        phase,
+    ))
+}
+
+/// `count` new connections applied at once; latency from each apply to its workload Secret.
+pub async fn burst(
+    probes: &Probes<'_>,
+    fx: &Fixture,
+    sim: &SimHandle,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Burst> {
+    let burst = fixtures::names("b", count);
+    log(format!("burst: seeding {count} new connections"));
+    fx.bootstrap(sim, &burst).await?;
+    let secrets = FirstSeen::token_secrets(&fx.client, &fx.namespace);
+    secrets.synced().await;
+    let start = probes.mark().await?;
+    let t = Instant::now();
+    let sent = fx.connections(&burst).await?;
+    let apply = t.elapsed();
+    let target = |n: &str| format!("{n}-exact-token");
+    let targets: Vec<String> = burst.iter().map(|n| target(n)).collect();
+    if let Err(e) = wait_all(&secrets, &targets, timeout, probes.operator).await {
+        log(format!("burst incomplete: {e:#}"));
+    }
+    let latencies = sent
+        .iter()
+        .filter_map(|(n, at)| Some((secrets.get(&target(n))? - *at).as_secs_f64() * 1000.0))
+        .collect();
+    let last = targets
+        .iter()
+        .filter_map(|n| secrets.get(n))
+        .max()
+        .unwrap_or(t);
+    secrets.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let phase = probes
+        .phase(
+            &start,
+            count as f64,
+            Some(last.saturating_duration_since(t)),
+        )
+        .await?;
+    Ok(Burst::new(phase, count, apply, latencies))
+}
