@@ -17,6 +17,8 @@ pub struct Settings {
     /// How often a connection that waits on something outside its watch (a client in
     /// another namespace while watching one namespace, a consent) is looked at again.
     pub recheck_interval: Duration,
+    /// Reconciles running at once (bounds sockets, memory and API load at scale).
+    pub concurrency: u16,
     /// Watch only this namespace (None: all namespaces).
     pub watch_namespace: Option<String>,
     /// Public base URL of the OAuth routes (e.g. https://exact-operator.example.com); when
@@ -32,6 +34,7 @@ impl Default for Settings {
             claim_ttl: Duration::from_secs(60),
             max_errors_per_hour: 8,
             recheck_interval: Duration::from_secs(60),
+            concurrency: 32,
             watch_namespace: None,
             public_url: None,
             oauth_state_ttl: Duration::from_secs(600),
@@ -51,6 +54,8 @@ pub struct Context {
     pub identity: String,
     /// Tunables.
     pub settings: Settings,
+    /// Watch-backed caches.
+    pub caches: crate::cache::Caches,
     http: Mutex<HashMap<String, reqwest::Client>>,
 }
 
@@ -72,6 +77,7 @@ impl Context {
             metrics,
             identity,
             settings,
+            caches: Default::default(),
             http: Mutex::new(HashMap::new()),
         }
     }

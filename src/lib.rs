@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cache;
 pub mod conditions;
 pub mod context;
 pub mod controller;

@@ -66,6 +66,18 @@ pub async fn read_key(
     name: &str,
     key: &str,
 ) -> Result<SecretString, RefError> {
+    read_key_versioned(api, namespace, name, key)
+        .await
+        .map(|(v, _)| v)
+}
+
+/// Like [`read_key`], also returning the Secret's resourceVersion (for caching).
+pub async fn read_key_versioned(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<(SecretString, Option<String>), RefError> {
     let secret = match api.get_opt(name).await {
         Ok(Some(s)) => s,
         Ok(None) => {
@@ -102,9 +114,10 @@ pub async fn read_key(
         });
     };
     match String::from_utf8(raw) {
-        Ok(s) if !s.trim().is_empty() && !s.trim().chars().any(char::is_control) => {
-            Ok(SecretString::from(s.trim().to_string()))
-        }
+        Ok(s) if !s.trim().is_empty() && !s.trim().chars().any(char::is_control) => Ok((
+            SecretString::from(s.trim().to_string()),
+            secret.metadata.resource_version,
+        )),
         _ => Err(RefError::BadValue {
             namespace: namespace.into(),
             name: name.into(),

@@ -11,7 +11,7 @@ use crate::crd::ExactConnection;
 use crate::publish::{publish, workload_data, Published, Target, WorkloadToken};
 use crate::refresh::{import_bootstrap, refresh, RefreshEnd, RefreshJob, StateHandle};
 use crate::schedule::{next_refresh, RefreshPolicy};
-use crate::secrets::{load_state, read_key, state_secret_name, RefError};
+use crate::secrets::{load_state, state_secret_name, RefError};
 use crate::state::{digest, ConnectionState};
 use crate::token::{discover_division, TokenEndpoint};
 use jiff::Timestamp;
@@ -88,7 +88,11 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     // Load state and import a new bootstrap token.
     let mut stored = load_state(&secrets, &handle.name).await?;
     if let Some(bref) = &conn.spec.refresh_token_secret_ref {
-        match read_key(&secrets, &ns, &bref.name, &bref.key).await {
+        match ctx
+            .caches
+            .secret_key(&secrets, &ns, &bref.name, &bref.key)
+            .await
+        {
             Ok(token) => {
                 let d = digest(token.expose_secret());
                 if stored.state.bootstrap_digest.as_deref() != Some(d.as_str()) {

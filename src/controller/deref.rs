@@ -7,7 +7,7 @@ use crate::crd::{ExactConnection, ExactOAuthClient};
 use crate::duration::parse_or;
 use crate::endpoints::{namespace_allowed, resolve, ClientSettings};
 use crate::schedule::{refresh_before_fits, RefreshPolicy};
-use crate::secrets::{read_key, RefError};
+use crate::secrets::RefError;
 use crate::state::digest;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -76,8 +76,18 @@ pub async fn dereference(
         .clone()
         .unwrap_or_else(|| ns.clone());
     let client_name = &conn.spec.client_ref.name;
-    let clients: Api<ExactOAuthClient> = Api::namespaced(ctx.client.clone(), &client_ns);
-    let Some(client) = clients.get_opt(client_name).await? else {
+    let cached = ctx
+        .caches
+        .client(&client_ns, client_name)
+        .map(|c| (*c).clone());
+    let client = match cached {
+        Some(c) => Some(c),
+        None => {
+            let clients: Api<ExactOAuthClient> = Api::namespaced(ctx.client.clone(), &client_ns);
+            clients.get_opt(client_name).await?
+        }
+    };
+    let Some(client) = client else {
         return Ok(Err(Blocked::new(
             reason::CLIENT_NOT_READY,
             format!("ExactOAuthClient {client_ns}/{client_name} not found"),
@@ -100,7 +110,11 @@ pub async fn dereference(
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &client_ns);
     let r = &client.spec.client_secret_ref;
-    let client_secret = match read_key(&secrets, &client_ns, &r.name, &r.key).await {
+    let client_secret = match ctx
+        .caches
+        .secret_key(&secrets, &client_ns, &r.name, &r.key)
+        .await
+    {
         Ok(s) => s,
         Err(RefError::Api { source, .. }) => return Err(source),
         Err(e) => {

@@ -7,14 +7,14 @@ pub mod status;
 
 use crate::context::Context;
 use crate::crd::{ExactConnection, ExactOAuthClient};
-use crate::secrets::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::secrets::{MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL};
 use futures::{future, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::ResourceExt;
 use std::future::Future;
 use std::sync::Arc;
@@ -117,13 +117,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .default_backoff()
         .reflect(client_writer)
         .touched_objects();
-    let conn_ctrl = Controller::new(conns, wc.clone());
-    let conn_store = conn_ctrl.store();
+    // Connections trigger on spec (generation) and annotation changes only: status writes,
+    // most of them our own, need no reconcile.
+    let (conn_store, conn_writer) = reflector::store::<ExactConnection>();
+    let conn_stream = watcher(conns, wc.clone())
+        .default_backoff()
+        .reflect(conn_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
+    let conn_ctrl = Controller::for_stream(conn_stream, conn_store.clone())
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
     let by_client = conn_store.clone();
     let by_secret = (conn_store.clone(), client_store.clone());
+    let (meta_store, meta_writer) = reflector::store::<PartialObjectMeta<Secret>>();
     let secret_meta = watcher(secret_metas, wc.clone())
         .default_backoff()
+        .reflect(meta_writer)
         .touched_objects();
+    ctx.caches.install(client_store.clone(), meta_store);
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -133,7 +147,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .owns(
             secrets,
             watcher::Config::default()
-                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+                // Workload Secrets only: an edit or deletion is restored at once. State
+                // Secrets are written only by the operator itself.
+                .labels(&format!(
+                    "{MANAGED_BY_LABEL}={MANAGED_BY},{ROLE_LABEL}=token"
+                ))
                 .any_semantic(),
         )
         .watches_stream(client_stream, move |c: ExactOAuthClient| {

@@ -92,7 +92,12 @@ pub async fn write_status(
     let Some((ok, reason, message)) = out.ready else {
         return Ok(());
     };
-    let prev = conn.status.clone().unwrap_or_default();
+    let uid = conn.uid().unwrap_or_default();
+    let prev = ctx
+        .caches
+        .last_status(&uid, conn.metadata.resource_version.as_deref())
+        .or_else(|| conn.status.clone())
+        .unwrap_or_default();
     let now = Timestamp::now();
     let generation = conn.metadata.generation;
     let condition = ready(&prev.conditions, ok, reason, &message, generation, now);
@@ -137,12 +142,15 @@ pub async fn write_status(
         "kind": "ExactConnection",
         "status": status,
     });
-    api.patch_status(
-        &conn.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &conn.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.caches
+        .remember_status(&uid, written.metadata.resource_version.as_deref(), &status);
     Ok(())
 }
 
