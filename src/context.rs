@@ -9,8 +9,11 @@ use std::time::Duration;
 /// Tunables of the operator process.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// How long a refresh claim is valid: far longer than one token call plus the write of
-    /// its result, so a live holder never loses it, yet short enough to recover from a crash.
+    /// How long a refresh claim is valid: longer than one token call (15 s timeout) plus the
+    /// write of its result, yet short enough that a crashed holder's connection is refreshed
+    /// again before its token expires (Exact: 25 s before). A holder that overruns it is still
+    /// safe: its persist re-reads and only replaces the chain it consumed, and a second caller
+    /// with the old token finds the newer one in state.
     pub claim_ttl: Duration,
     /// Errors per connection per rolling hour before token calls pause.
     pub max_errors_per_hour: u32,
@@ -31,7 +34,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            claim_ttl: Duration::from_secs(60),
+            claim_ttl: Duration::from_secs(20),
             max_errors_per_hour: 8,
             recheck_interval: Duration::from_secs(60),
             concurrency: 32,

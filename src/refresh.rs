@@ -4,9 +4,7 @@
 //! 3. persist the rotated refresh token before anything else, retrying while the process lives.
 
 use crate::context::Context;
-use crate::schedule::{
-    access_token_expires_at, after_failure, after_too_early, record_error, RefreshPolicy,
-};
+use crate::schedule::{after_failure, after_too_early, grant_times, record_error, RefreshPolicy};
 use crate::secrets::{is_conflict, load_state, write_state};
 use crate::state::{Claim, ConnectionState, DeadChain};
 use crate::token::{ExpiresIn, Grant, TokenEndpoint, TokenGrant, TokenOutcome};
@@ -192,7 +190,7 @@ pub async fn refresh(
     let consumed = refresh_token.expose_secret().to_string();
     match outcome {
         TokenOutcome::Granted(grant) => {
-            apply_grant(&mut state, grant, job.policy, sent_at);
+            apply_grant(&mut state, grant, job.policy, sent_at, Timestamp::now());
             let resource_version = handle.persist(&state, Some(claimed_rv), &consumed).await?;
             Ok(RefreshEnd::Rotated {
                 state,
@@ -270,12 +268,14 @@ pub async fn refresh(
     }
 }
 
-/// Folds a grant into the state: new tokens, expiry measured from the send time.
+/// Folds a grant into the state: new tokens, validity measured from the send time, the
+/// next refresh allowed only once Exact's window has surely opened (see `grant_times`).
 pub fn apply_grant(
     state: &mut ConnectionState,
     grant: TokenGrant,
     policy: &RefreshPolicy,
     sent_at: Timestamp,
+    received_at: Timestamp,
 ) {
     let (lifetime, warning) = match grant.expires_in {
         ExpiresIn::Given(d) => (d, None),
@@ -292,7 +292,9 @@ pub fn apply_grant(
         state.refresh_token = Some(rt);
     }
     state.access_token = Some(grant.access_token);
-    state.times.access_token_expires_at = Some(access_token_expires_at(sent_at, lifetime));
+    let (expires, allowed) = grant_times(policy, sent_at, received_at, lifetime);
+    state.times.access_token_expires_at = Some(expires);
+    state.times.refresh_allowed_from = Some(allowed);
     state.times.refresh_token_issued_at = Some(sent_at);
     state.times.consecutive_failures = 0;
     state.times.too_early_refusals = 0;

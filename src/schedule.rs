@@ -27,6 +27,10 @@ pub struct TokenTimes {
     pub access_token_expires_at: Option<Timestamp>,
     /// When the current refresh token was obtained.
     pub refresh_token_issued_at: Option<Timestamp>,
+    /// Earliest moment Exact can accept the next refresh: the answer's arrival plus the
+    /// lifetime minus the window. Exact dates the token from when it processed the call,
+    /// somewhere between sending and receiving, so only the arrival time is safe here.
+    pub refresh_allowed_from: Option<Timestamp>,
     /// Token calls in a row that failed with a retryable error.
     pub consecutive_failures: u32,
     /// Too-early refusals in a row.
@@ -64,9 +68,28 @@ pub fn next_refresh(
         };
     }
     match times.access_token_expires_at {
-        Some(expires) => sub(expires, policy.refresh_before),
+        Some(expires) => {
+            let planned = sub(expires, policy.refresh_before);
+            times
+                .refresh_allowed_from
+                .map_or(planned, |a| planned.max(a))
+        }
         None => now,
     }
+}
+
+/// The two ends of a granted token call, and what they imply: validity is counted from
+/// `sent_at` (never longer than Exact's), refreshing is allowed only from
+/// `received_at + lifetime - window` (never earlier than Exact accepts).
+pub fn grant_times(
+    policy: &RefreshPolicy,
+    sent_at: Timestamp,
+    received_at: Timestamp,
+    lifetime: Duration,
+) -> (Timestamp, Timestamp) {
+    let expires = access_token_expires_at(sent_at, lifetime);
+    let allowed = sub(add(received_at, lifetime), policy.refresh_window);
+    (expires, allowed)
 }
 
 /// When the refresh token expires if nobody uses it.
@@ -76,7 +99,7 @@ pub fn refresh_token_expires_at(policy: &RefreshPolicy, issued: Timestamp) -> Ti
 
 /// Expiry of an access token granted with `expires_in`, measured from `sent_at` (the moment
 /// the request left, never the moment the answer came back) so we never think a token lives
-/// longer than Exact does, and never ask again too early.
+/// longer than Exact does. (Too-early refusals are avoided by [`grant_times`].)
 pub fn access_token_expires_at(sent_at: Timestamp, expires_in: Duration) -> Timestamp {
     add(sent_at, expires_in)
 }
@@ -206,6 +229,32 @@ mod tests {
         assert_eq!(at, t(575));
         // Inside Exact's window: at most 30 s left, so never a too-early refusal.
         assert!(expires.duration_since(at) <= SignedDuration::from_secs(30));
+    }
+
+    #[test]
+    fn slow_answers_never_lead_to_a_too_early_refresh() {
+        let p = exact();
+        // The call took 8 s: Exact may have dated the token up to 8 s after we sent.
+        let (expires, allowed) = grant_times(&p, t(0), t(8), Duration::from_secs(600));
+        assert_eq!(expires, t(600), "validity counted from the send time");
+        assert_eq!(allowed, t(578));
+        let times = TokenTimes {
+            access_token_expires_at: Some(expires),
+            refresh_allowed_from: Some(allowed),
+            ..Default::default()
+        };
+        let at = next_refresh(&p, &times, false, t(10));
+        assert_eq!(at, t(578), "waits until Exact's window surely opened");
+        // Worst case Exact processed the call just before answering: 30 s remain, allowed.
+        assert!(t(608).duration_since(at) <= SignedDuration::from_secs(30));
+        // A fast answer changes nothing.
+        let (e, a) = grant_times(&p, t(0), t(0), Duration::from_secs(600));
+        let fast = TokenTimes {
+            access_token_expires_at: Some(e),
+            refresh_allowed_from: Some(a),
+            ..Default::default()
+        };
+        assert_eq!(next_refresh(&p, &fast, false, t(1)), t(575));
     }
 
     #[test]

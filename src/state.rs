@@ -63,6 +63,7 @@ const K_REFRESH: &str = "refresh_token";
 const K_ACCESS: &str = "access_token";
 const K_EXPIRES: &str = "access_token_expires_at";
 const K_RT_ISSUED: &str = "refresh_token_issued_at";
+const K_ALLOWED: &str = "refresh_allowed_from";
 const K_LAST: &str = "last_refresh_at";
 const K_FAILURES: &str = "consecutive_failures";
 const K_TOO_EARLY: &str = "too_early_refusals";
@@ -115,6 +116,7 @@ impl ConnectionState {
             times: TokenTimes {
                 access_token_expires_at: time(data, K_EXPIRES),
                 refresh_token_issued_at: time(data, K_RT_ISSUED),
+                refresh_allowed_from: time(data, K_ALLOWED),
                 consecutive_failures: text(data, K_FAILURES)
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0),
@@ -166,6 +168,10 @@ impl ConnectionState {
         put(
             K_RT_ISSUED,
             self.times.refresh_token_issued_at.map(|t| t.to_string()),
+        );
+        put(
+            K_ALLOWED,
+            self.times.refresh_allowed_from.map(|t| t.to_string()),
         );
         put(K_LAST, self.last_refresh_at.map(|t| t.to_string()));
         put(
@@ -228,6 +234,7 @@ mod tests {
             times: TokenTimes {
                 access_token_expires_at: Some(t(600)),
                 refresh_token_issued_at: Some(t(0)),
+                refresh_allowed_from: Some(t(570)),
                 consecutive_failures: 2,
                 too_early_refusals: 1,
                 recent_errors: vec![t(1), t(2)],

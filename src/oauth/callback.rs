@@ -191,7 +191,7 @@ async fn exchange(
     state.claim = None;
     match outcome {
         TokenOutcome::Granted(grant) if grant.refresh_token.is_some() => {
-            apply_grant(&mut state, grant, &r.policy, sent_at);
+            apply_grant(&mut state, grant, &r.policy, sent_at, Timestamp::now());
             // Nothing else holds these tokens: persist before anything else.
             let rv = handle.persist_new_chain(&state, Some(rv)).await;
             if conn.spec.division.is_none() && state.division.is_none() {
