@@ -90,6 +90,11 @@ fn connections_for_secret(
         .collect()
 }
 
+/// Cached objects never need their managedFields, which are often most of an object.
+fn strip_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
@@ -115,6 +120,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (client_store, client_writer) = reflector::store::<ExactOAuthClient>();
     let client_stream = watcher(clients.clone(), wc.clone())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(client_writer)
         .touched_objects();
     // Connections trigger on spec (generation) and annotation changes only: status writes,
@@ -122,6 +128,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (conn_store, conn_writer) = reflector::store::<ExactConnection>();
     let conn_stream = watcher(conns, wc.clone())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(conn_writer)
         .applied_objects()
         .predicate_filter(
@@ -135,6 +142,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (meta_store, meta_writer) = reflector::store::<PartialObjectMeta<Secret>>();
     let secret_meta = watcher(secret_metas, wc.clone())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(meta_writer)
         .touched_objects();
     ctx.caches.install(client_store.clone(), meta_store);
