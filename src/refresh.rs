@@ -5,7 +5,7 @@
 
 use crate::context::Context;
 use crate::schedule::{after_failure, after_too_early, grant_times, record_error, RefreshPolicy};
-use crate::secrets::{is_conflict, load_state, write_state};
+use crate::secrets::{is_conflict, load_state, write_state, StoredState};
 use crate::state::{Claim, ConnectionState, DeadChain};
 use crate::token::{ExpiresIn, Grant, TokenEndpoint, TokenGrant, TokenOutcome};
 use jiff::{SignedDuration, Timestamp};
@@ -53,24 +53,48 @@ impl StateHandle {
     pub async fn persist(
         &self,
         state: &ConnectionState,
-        mut rv: Option<String>,
+        rv: Option<String>,
         consumed: &str,
+    ) -> Result<String, kube::Error> {
+        self.persist_if(state, rv, |current| {
+            let same_chain = current
+                .state
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret() == consumed);
+            same_chain.unwrap_or(current.resource_version.is_none())
+        })
+        .await
+    }
+
+    /// Persists a chain that was just created by a consent: it supersedes whatever is stored,
+    /// so a conflict only means "re-read the version and write again".
+    pub async fn persist_new_chain(&self, state: &ConnectionState, rv: Option<String>) -> String {
+        match self.persist_if(state, rv, |_| true).await {
+            Ok(rv) => rv,
+            Err(_) => unreachable!("persist_if only gives up when `may_overwrite` refuses"),
+        }
+    }
+
+    /// The one retry loop behind both: write conditionally; on a conflict re-read and write
+    /// again if `may_overwrite` accepts what is stored now; on other errors back off and retry
+    /// while the process lives.
+    async fn persist_if(
+        &self,
+        state: &ConnectionState,
+        mut rv: Option<String>,
+        may_overwrite: impl Fn(&StoredState) -> bool,
     ) -> Result<String, kube::Error> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.write(state, rv.as_deref()).await {
                 Ok(new_rv) => return Ok(new_rv),
                 Err(e) if is_conflict(&e) => match load_state(&self.api, &self.name).await {
-                    Ok(current) => {
-                        let same_chain = current
-                            .state
-                            .refresh_token
-                            .as_ref()
-                            .map(|t| t.expose_secret() == consumed);
-                        if same_chain.unwrap_or(current.resource_version.is_none()) {
-                            rv = current.resource_version;
-                            continue;
-                        }
+                    Ok(current) if may_overwrite(&current) => {
+                        rv = current.resource_version;
+                        continue;
+                    }
+                    Ok(_) => {
                         tracing::warn!(state = %self.name, "state changed to another chain while persisting; keeping the stored one");
                         return Err(e);
                     }
@@ -79,39 +103,7 @@ impl StateHandle {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(state = %self.name, error = %e, "persisting rotated token failed; retrying")
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
-}
-
-impl StateHandle {
-    /// Persists a chain that was just created by a consent: it supersedes whatever is stored,
-    /// so a conflict only means "re-read the version and write again". Retries while the
-    /// process lives.
-    pub async fn persist_new_chain(
-        &self,
-        state: &ConnectionState,
-        mut rv: Option<String>,
-    ) -> String {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self.write(state, rv.as_deref()).await {
-                Ok(new_rv) => return new_rv,
-                Err(e) if is_conflict(&e) => match load_state(&self.api, &self.name).await {
-                    Ok(current) => {
-                        rv = current.resource_version;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(state = %self.name, error = %e, "re-reading state failed; retrying")
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(state = %self.name, error = %e, "persisting new chain failed; retrying")
+                    tracing::warn!(state = %self.name, error = %e, "persisting state failed; retrying")
                 }
             }
             tokio::time::sleep(delay).await;
