@@ -22,6 +22,16 @@ struct SeedRequest {
     /// Known refresh token to use (random when absent).
     #[serde(default)]
     refresh_token: Option<String>,
+    /// Configured user the connection belongs to (a fresh anonymous user when absent;
+    /// `division` is then that user's only division).
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CurrentDivisionRequest {
+    user: String,
+    division: i64,
 }
 
 #[derive(Deserialize)]
@@ -71,12 +81,18 @@ async fn seed(AxState(s): AxState<Shared>, body: Bytes) -> Response {
     if req.name.is_empty() || req.refresh_token.as_deref() == Some("") {
         return json_error(StatusCode::BAD_REQUEST, "empty name or token".to_string());
     }
-    let token = st.seed(
-        &req.client_id,
-        &req.name,
-        req.refresh_token.as_deref(),
-        req.division,
-    );
+    let token = match req.user.as_deref() {
+        Some(u) => match st.user_index.get(u).copied() {
+            Some(i) => st.seed_for(&req.client_id, &req.name, req.refresh_token.as_deref(), i),
+            None => return json_error(StatusCode::BAD_REQUEST, "unknown user".to_string()),
+        },
+        None => st.seed(
+            &req.client_id,
+            &req.name,
+            req.refresh_token.as_deref(),
+            req.division,
+        ),
+    };
     Json(json!({ "refresh_token": token })).into_response()
 }
 
@@ -104,6 +120,89 @@ async fn advance(AxState(s): AxState<Shared>, body: Bytes) -> Response {
     Json(json!({ "advanced_ms": by.as_millis() as u64 })).into_response()
 }
 
+/// `GET /_sim/users[?all=true]`: users (anonymous ones only with `all`), their
+/// divisions, and per client their chains (revoked or not) and token calls in the
+/// rolling 24 h of the daily cap. Never shows tokens.
+async fn users(AxState(s): AxState<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
+    let mut st = lock(&s);
+    let cap = st.cfg.token_calls_per_day;
+    let mut out = Vec::new();
+    for ui in 0..st.users.len() {
+        if st.users[ui].anonymous && !all {
+            continue;
+        }
+        let mut per_client: std::collections::BTreeMap<String, serde_json::Value> =
+            Default::default();
+        let chains: Vec<(String, String, bool)> = st
+            .chains
+            .iter()
+            .filter(|c| c.user == ui)
+            .map(|c| (c.client_id.clone(), c.name.clone(), c.revoked.is_some()))
+            .collect();
+        let mut client_ids: Vec<String> = chains.iter().map(|c| c.0.clone()).collect();
+        client_ids.extend(
+            st.token_calls
+                .keys()
+                .filter(|(u, _)| *u == ui)
+                .map(|(_, c)| c.clone()),
+        );
+        client_ids.sort();
+        client_ids.dedup();
+        for cid in client_ids {
+            let calls = st.token_calls_24h(ui, &cid);
+            let list: Vec<_> = chains
+                .iter()
+                .filter(|c| c.0 == cid)
+                .map(|c| json!({"name": c.1, "revoked": c.2}))
+                .collect();
+            per_client.insert(
+                cid,
+                json!({"token_calls_24h": calls, "token_calls_cap": cap, "chains": list}),
+            );
+        }
+        let u = &st.users[ui];
+        let divisions: Vec<_> = u
+            .divisions
+            .iter()
+            .map(|d| json!({"code": d.code, "description": d.description, "customer_name": d.customer_name}))
+            .collect();
+        out.push(json!({
+            "user_name": u.user_name,
+            "full_name": u.full_name,
+            "user_id": u.user_id,
+            "anonymous": u.anonymous,
+            "current_division": u.current_division,
+            "divisions": divisions,
+            "clients": per_client,
+        }));
+    }
+    Json(json!({ "users": out })).into_response()
+}
+
+/// `POST /_sim/users/current-division {user, division}`: what opening another division
+/// in the browser does in Exact.
+async fn current_division(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    let req: CurrentDivisionRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    let mut st = lock(&s);
+    let Some(i) = st.user_index.get(&req.user).copied() else {
+        return json_error(StatusCode::BAD_REQUEST, "unknown user".to_string());
+    };
+    match st.users.get_mut(i) {
+        Some(u) if u.division(req.division).is_some() => {
+            u.current_division = req.division;
+            Json(json!({"user": req.user, "current_division": req.division})).into_response()
+        }
+        _ => json_error(
+            StatusCode::BAD_REQUEST,
+            "the user cannot open that division".to_string(),
+        ),
+    }
+}
+
 /// The `/_sim/*` routes.
 pub fn routes() -> Router<Shared> {
     Router::new()
@@ -113,4 +212,6 @@ pub fn routes() -> Router<Shared> {
         .route("/_sim/seed", post(seed))
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/advance", post(advance))
+        .route("/_sim/users", get(users))
+        .route("/_sim/users/current-division", post(current_division))
 }

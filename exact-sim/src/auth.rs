@@ -18,6 +18,8 @@ struct AuthRequest {
     redirect: Url,
     redirect_raw: String,
     state: Option<String>,
+    /// Named user who consents (index into `State::users`); `None`: anonymous.
+    user: Option<usize>,
 }
 
 fn bad_request(msg: &str) -> Response {
@@ -64,11 +66,26 @@ fn validate(st: &State, p: &HashMap<String, String>) -> Result<AuthRequest, &'st
     if !client.redirect_allowed(redirect_raw) {
         return Err("redirect_uri is not registered for this client.");
     }
+    // `user` is a simulator extension standing in for Exact's login: it names the
+    // configured user who consents. An empty value asks for an anonymous user.
+    let user = match p.get("user").map(String::as_str) {
+        Some("") => None,
+        Some(name) => match st.user_index.get(name) {
+            Some(i) => Some(*i),
+            None => return Err("Unknown user."),
+        },
+        None => st
+            .cfg
+            .default_user
+            .as_ref()
+            .and_then(|n| st.user_index.get(n).copied()),
+    };
     Ok(AuthRequest {
         client_id: client_id.to_string(),
         redirect,
         redirect_raw: redirect_raw.to_string(),
         state: p.get("state").cloned(),
+        user,
     })
 }
 
@@ -87,7 +104,12 @@ fn consent(st: &mut State, req: AuthRequest) -> Response {
     let stamp: u8 = rand::thread_rng().gen_range(10..100);
     let code = format!("stamp{stamp}!{}", random_token(40));
     let name = st.next_consent_name(&req.client_id);
-    tracing::info!(connection = %name, client_id = %req.client_id, "consent given");
+    let user = match req.user {
+        Some(u) => u,
+        None => st.anonymous_user(&name, None),
+    };
+    let user_name = st.users.get(user).map(|u| u.user_name.clone());
+    tracing::info!(connection = %name, client_id = %req.client_id, user = user_name.as_deref().unwrap_or("-"), "consent given");
     let issued = st.now();
     st.codes.insert(
         code.clone(),
@@ -95,6 +117,7 @@ fn consent(st: &mut State, req: AuthRequest) -> Response {
             client_id: req.client_id,
             redirect_uri: req.redirect_raw,
             name,
+            user,
             issued,
             used: false,
         },
@@ -106,7 +129,39 @@ fn consent(st: &mut State, req: AuthRequest) -> Response {
     redirect_to(req.redirect, &pairs)
 }
 
-fn consent_page(req: &AuthRequest) -> Response {
+/// The "who is signed in" part of the consent page: a choice among the configured
+/// users (the requested or default one preselected), or a note that a new anonymous
+/// user consents.
+fn user_choice(st: &State, req: &AuthRequest) -> String {
+    let named: Vec<_> = st
+        .users
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| !u.anonymous)
+        .collect();
+    if named.is_empty() {
+        return "<p>Signed in as a new simulated user.</p>".to_string();
+    }
+    let mut options = String::new();
+    for (i, u) in named {
+        let selected = if req.user == Some(i) { " selected" } else { "" };
+        let divisions: Vec<String> = u.divisions.iter().map(|d| d.code.to_string()).collect();
+        options.push_str(&format!(
+            "<option value=\"{}\"{selected}>{} ({}; divisions {})</option>",
+            escape(&u.user_name),
+            escape(&u.full_name),
+            escape(&u.user_name),
+            divisions.join(", ")
+        ));
+    }
+    let anon_selected = if req.user.is_none() { " selected" } else { "" };
+    format!(
+        "<p><label>Signed in as <select name=\"user\">{options}\
+<option value=\"\"{anon_selected}>a new anonymous user</option></select></label></p>"
+    )
+}
+
+fn consent_page(st: &State, req: &AuthRequest) -> Response {
     let hidden = |k: &str, v: &str| {
         format!(
             "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
@@ -123,7 +178,7 @@ fn consent_page(req: &AuthRequest) -> Response {
         "<!DOCTYPE html><html><head><title>Exact Online - Authorize</title></head><body>\
 <h1>Authorize application</h1>\
 <p>The application <strong>{client}</strong> requests access to your Exact Online data.</p>\
-<form method=\"post\" action=\"{APPROVE_PATH}\">{}{}{}{state}\
+<form method=\"post\" action=\"{APPROVE_PATH}\">{}{}{}{state}{users}\
 <button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button> \
 <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button>\
 </form></body></html>",
@@ -131,6 +186,7 @@ fn consent_page(req: &AuthRequest) -> Response {
         hidden("redirect_uri", &req.redirect_raw),
         hidden("response_type", "code"),
         client = escape(&req.client_id),
+        users = user_choice(st, req),
     );
     Html(body).into_response()
 }
@@ -149,7 +205,7 @@ pub async fn authorize(AxState(shared): AxState<Shared>, RawQuery(q): RawQuery) 
     if st.cfg.auto_consent {
         consent(&mut st, req)
     } else {
-        consent_page(&req)
+        consent_page(&st, &req)
     }
 }
 

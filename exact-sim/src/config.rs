@@ -37,6 +37,88 @@ impl SimClient {
     }
 }
 
+/// A division (company, "administratie") a simulated user may open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimDivision {
+    /// The division code used in REST paths (`/api/v1/{code}/...`).
+    pub code: i64,
+    /// `Description` in `hrm/Divisions` / `system/Divisions`.
+    pub description: String,
+    /// `CustomerName`: the licence holder the division belongs to.
+    pub customer_name: String,
+    /// Number of `crm/Accounts` records in this division; `None` uses
+    /// [`SimConfig::accounts_per_division`].
+    #[serde(default)]
+    pub accounts: Option<u32>,
+}
+
+impl SimDivision {
+    /// A division with a generated description and customer name.
+    pub fn new(code: i64) -> Self {
+        Self {
+            code,
+            description: format!("Division {code}"),
+            customer_name: "Simulated Customer B.V.".to_string(),
+            accounts: None,
+        }
+    }
+
+    /// Sets the description.
+    pub fn with_description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    /// Sets the number of accounts in this division.
+    pub fn with_accounts(mut self, n: u32) -> Self {
+        self.accounts = Some(n);
+        self
+    }
+}
+
+/// A named Exact Online user who can give consent and may open several divisions.
+///
+/// Consents that name no user (see README) are given by a fresh anonymous user each
+/// time, so that unrelated connections never share a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimUser {
+    /// Login name (`UserName` in `Me`); also how a consent picks the user.
+    pub user_name: String,
+    /// `FullName` in `Me`.
+    pub full_name: String,
+    /// Divisions the user may open (`hrm/Divisions`); never empty once started.
+    pub divisions: Vec<SimDivision>,
+    /// `CurrentDivision` in `Me` (the division the user last opened); must be one of
+    /// `divisions`, else the first division is used.
+    pub current_division: Option<i64>,
+}
+
+impl SimUser {
+    /// A user without divisions yet (one is added at start if none is given:
+    /// [`SimConfig::division`]).
+    pub fn new(user_name: impl Into<String>) -> Self {
+        let user_name = user_name.into();
+        Self {
+            full_name: format!("Simulated User ({user_name})"),
+            user_name,
+            divisions: Vec::new(),
+            current_division: None,
+        }
+    }
+
+    /// Adds an accessible division.
+    pub fn with_division(mut self, d: SimDivision) -> Self {
+        self.divisions.push(d);
+        self
+    }
+
+    /// Sets the current division.
+    pub fn with_current_division(mut self, code: i64) -> Self {
+        self.current_division = Some(code);
+        self
+    }
+}
+
 /// Injected failures. Ratios are probabilities in `0.0..=1.0` per token call.
 ///
 /// JSON form (for `PUT /_sim/faults`): all fields optional, latency in milliseconds as
@@ -87,6 +169,21 @@ pub struct SimConfig {
     pub rest_limit_per_day: u32,
     /// Serve HTTPS with a freshly generated self-signed certificate.
     pub tls: bool,
+    /// Named users (see [`SimUser`]).
+    pub users: Vec<SimUser>,
+    /// User who consents when the authorization request names none (`user=`
+    /// parameter); `None`: a fresh anonymous user per consent.
+    pub default_user: Option<String>,
+    /// A code exchange by a user revokes that user's older chains on the same client
+    /// (Exact keeps one grant per user per app). Default on.
+    pub revoke_on_reconsent: bool,
+    /// Token calls allowed per (user, client) in a rolling 24 h (Exact: about 200);
+    /// 0 disables the cap.
+    pub token_calls_per_day: u32,
+    /// `crm/Accounts` records per division unless the division says otherwise.
+    pub accounts_per_division: u32,
+    /// Server-driven page size of REST collections (Exact: 60).
+    pub page_size: u32,
 }
 
 impl Default for SimConfig {
@@ -104,6 +201,12 @@ impl Default for SimConfig {
             rest_limit_per_minute: 60,
             rest_limit_per_day: 5000,
             tls: false,
+            users: Vec::new(),
+            default_user: None,
+            revoke_on_reconsent: true,
+            token_calls_per_day: 200,
+            accounts_per_division: 100,
+            page_size: 60,
         }
     }
 }
@@ -112,6 +215,12 @@ impl SimConfig {
     /// Adds a client that accepts any redirect URI.
     pub fn with_client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
         self.clients.push(SimClient::new(id, secret));
+        self
+    }
+
+    /// Adds a named user.
+    pub fn with_user(mut self, user: SimUser) -> Self {
+        self.users.push(user);
         self
     }
 }

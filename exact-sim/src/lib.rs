@@ -30,6 +30,7 @@ pub mod config;
 pub mod duration;
 mod faults;
 mod limits;
+mod odata;
 mod rest;
 mod server;
 mod state;
@@ -37,7 +38,7 @@ pub mod stats;
 mod tls;
 mod token;
 
-pub use config::{Faults, SimClient, SimConfig};
+pub use config::{Faults, SimClient, SimConfig, SimDivision, SimUser};
 pub use duration::{parse_duration, DurationError};
 pub use faults::APIGEE_FAULT;
 pub use server::Sim;

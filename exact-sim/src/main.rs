@@ -3,17 +3,21 @@
 
 use anyhow::Context;
 use clap::Parser;
-use exact_sim::{parse_duration, Faults, Sim, SimClient, SimConfig};
+use exact_sim::{parse_duration, Faults, Sim, SimClient, SimConfig, SimDivision, SimUser};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
-Endpoints: GET /api/oauth2/auth, POST /api/oauth2/auth/approve, POST /api/oauth2/token,
-           GET /api/v1/current/Me
+Endpoints: GET /api/oauth2/auth[?user=NAME], POST /api/oauth2/auth/approve,
+           POST /api/oauth2/token (client credentials in the body or HTTP Basic),
+           GET /api/v1/current/Me[?$select=..], GET /api/v1/{division}/hrm/Divisions,
+           GET /api/v1/{division}/system/Divisions,
+           GET /api/v1/{division}/crm/Accounts[?$select=..&$top=N&$skiptoken=..]
 Control:   GET /_sim/health, GET /_sim/stats, GET /_sim/token-valid?access_token=T,
-           POST /_sim/seed {client_id,name,division?,refresh_token?},
+           POST /_sim/seed {client_id,name,division?,refresh_token?,user?},
+           GET /_sim/users[?all=true], POST /_sim/users/current-division {user,division},
            GET|PUT /_sim/faults {fault_500_ratio,latency_ms,empty_body_ratio,
            non_json_ratio,lost_response_ratio}, POST /_sim/advance {seconds|ms}
 Durations: 500ms, 6s, 600s, 5m, 2h, 30d (a bare number is seconds)
@@ -103,6 +107,34 @@ struct Cli {
     /// Where to write the PEM certificate with --tls (default: a file in the temp dir).
     #[arg(long, value_name = "PATH", requires = "tls")]
     tls_cert_out: Option<PathBuf>,
+
+    /// Register a user who can consent: NAME:DIV[=DESCRIPTION][,DIV...][:CURRENT]
+    /// (repeatable), e.g. alice:100=Alice BV,200=Bakery:200. CURRENT defaults to the
+    /// first division. Consents pick a user with ?user=NAME or on the consent page.
+    #[arg(long = "user", value_name = "NAME:DIVS[:CURRENT]", value_parser = parse_user)]
+    users: Vec<SimUser>,
+
+    /// User who consents when the authorization request names none (default: a new
+    /// anonymous user per consent).
+    #[arg(long, value_name = "NAME")]
+    default_user: Option<String>,
+
+    /// A code exchange by a user revokes that user's older chains on the same client.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    revoke_on_reconsent: bool,
+
+    /// Token calls allowed per user and client in a rolling 24 h (0 = no cap); beyond it
+    /// the token endpoint answers 429.
+    #[arg(long, default_value_t = 200)]
+    token_calls_per_day: u32,
+
+    /// crm/Accounts records in each division.
+    #[arg(long, default_value_t = 100)]
+    accounts_per_division: u32,
+
+    /// Page size of REST collections (crm/Accounts); the rest follows via __next.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    page_size: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +170,44 @@ fn parse_seed(s: &str) -> Result<Seed, String> {
         }
         _ => Err("expected CLIENT_ID:NAME:REFRESH_TOKEN".to_string()),
     }
+}
+
+fn parse_user(s: &str) -> Result<SimUser, String> {
+    let mut parts = s.splitn(3, ':');
+    let name = parts.next().unwrap_or_default();
+    let divs = parts.next().unwrap_or_default();
+    if name.is_empty() || divs.is_empty() {
+        return Err("expected NAME:DIV[=DESCRIPTION][,DIV...][:CURRENT]".to_string());
+    }
+    let mut user = SimUser::new(name);
+    for item in divs.split(',') {
+        let (code, description) = match item.split_once('=') {
+            Some((c, d)) => (c, Some(d)),
+            None => (item, None),
+        };
+        let code: i64 = code
+            .trim()
+            .parse()
+            .map_err(|e| format!("division {code:?}: {e}"))?;
+        let mut d = SimDivision::new(code);
+        if let Some(desc) = description.filter(|d| !d.is_empty()) {
+            d = d.with_description(desc);
+        }
+        user = user.with_division(d);
+    }
+    if let Some(current) = parts.next() {
+        let current: i64 = current
+            .trim()
+            .parse()
+            .map_err(|e| format!("current division {current:?}: {e}"))?;
+        if !user.divisions.iter().any(|d| d.code == current) {
+            return Err(format!(
+                "current division {current} is not among the user's"
+            ));
+        }
+        user = user.with_current_division(current);
+    }
+    Ok(user)
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -178,6 +248,11 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("--seed names unknown client {:?}", s.client_id);
         }
     }
+    if let Some(d) = &cli.default_user {
+        if !cli.users.iter().any(|u| &u.user_name == d) {
+            anyhow::bail!("--default-user {d:?} is not defined by any --user");
+        }
+    }
     let cfg = SimConfig {
         access_token_lifetime: cli.access_token_lifetime,
         refresh_window: cli.refresh_window,
@@ -197,6 +272,12 @@ async fn main() -> anyhow::Result<()> {
         rest_limit_per_minute: cli.rest_limit_per_minute,
         rest_limit_per_day: cli.rest_limit_per_day,
         tls: cli.tls,
+        users: cli.users,
+        default_user: cli.default_user,
+        revoke_on_reconsent: cli.revoke_on_reconsent,
+        token_calls_per_day: cli.token_calls_per_day,
+        accounts_per_division: cli.accounts_per_division,
+        page_size: cli.page_size,
     };
     let sim = Sim::start(cfg, cli.listen)
         .await
@@ -240,6 +321,17 @@ mod tests {
             ("id".into(), "acme".into(), "tok".into())
         );
         assert!(parse_seed("id:acme").is_err());
+        let u = parse_user("alice:100=Alice BV,200:200").unwrap();
+        assert_eq!(u.user_name, "alice");
+        assert_eq!(u.divisions.len(), 2);
+        assert_eq!(u.divisions[0].description, "Alice BV");
+        assert_eq!(u.current_division, Some(200));
+        assert!(parse_user("alice").is_err());
+        assert!(parse_user("alice:x").is_err());
+        assert!(
+            parse_user("alice:1:2").is_err(),
+            "current must be one of them"
+        );
         assert_eq!(parse_ratio("0.5"), Ok(0.5));
         assert!(parse_ratio("1.5").is_err());
         assert!(parse_ratio("x").is_err());

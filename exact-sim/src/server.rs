@@ -26,6 +26,12 @@ fn router(shared: Shared) -> Router {
         .route(auth::APPROVE_PATH, post(auth::approve))
         .route("/api/oauth2/token", post(token::token_handler))
         .route("/api/v1/current/Me", get(rest::me))
+        .route("/api/v1/{division}/hrm/Divisions", get(rest::hrm_divisions))
+        .route(
+            "/api/v1/{division}/system/Divisions",
+            get(rest::system_divisions),
+        )
+        .route("/api/v1/{division}/crm/Accounts", get(rest::accounts))
         .merge(admin::routes())
         .with_state(shared)
 }
@@ -42,6 +48,11 @@ pub struct Sim {
 impl Sim {
     /// Binds `addr` (port 0 picks a free port) and starts serving in the background.
     pub async fn start(cfg: SimConfig, addr: SocketAddr) -> anyhow::Result<Sim> {
+        if let Some(d) = &cfg.default_user {
+            if !cfg.users.iter().any(|u| &u.user_name == d) {
+                anyhow::bail!("default user {d:?} is not among the configured users");
+            }
+        }
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (acceptor, cert_pem) = if cfg.tls {
@@ -119,6 +130,64 @@ impl Sim {
         division: Option<i64>,
     ) {
         lock(&self.shared).seed(client_id, name, Some(refresh_token), division);
+    }
+
+    /// Creates a connection named `name` for the configured user `user_name` (an existing
+    /// grant: no other chain is revoked) and returns its first refresh token; `None` when
+    /// no such user is configured.
+    pub fn seed_connection_for_user(
+        &self,
+        client_id: &str,
+        name: &str,
+        user_name: &str,
+    ) -> Option<String> {
+        let mut st = lock(&self.shared);
+        let user = *st.user_index.get(user_name)?;
+        Some(st.seed_for(client_id, name, None, user))
+    }
+
+    /// Sets the `CurrentDivision` of a configured user (Exact: the division the user
+    /// last opened in the browser). False when the user or division is unknown to it.
+    pub fn set_current_division(&self, user_name: &str, division: i64) -> bool {
+        let mut st = lock(&self.shared);
+        let Some(i) = st.user_index.get(user_name).copied() else {
+            return false;
+        };
+        match st.users.get_mut(i) {
+            Some(u) if u.division(division).is_some() => {
+                u.current_division = division;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Token calls of (`user_name`, `client_id`) in the rolling 24 h window of the
+    /// daily cap. Anonymous users are named `<connection>@example.invalid`.
+    pub fn token_calls_24h(&self, user_name: &str, client_id: &str) -> u32 {
+        let mut st = lock(&self.shared);
+        let Some(user) = st.users.iter().position(|u| u.user_name == user_name) else {
+            return 0;
+        };
+        st.token_calls_24h(user, client_id)
+    }
+
+    /// Whether connection `name` was revoked (its user consented again on the same
+    /// client); `None` for an unknown connection.
+    pub fn connection_revoked(&self, name: &str) -> Option<bool> {
+        let st = lock(&self.shared);
+        st.chains
+            .iter()
+            .rev()
+            .find(|c| c.name == name)
+            .map(|c| c.revoked.is_some())
+    }
+
+    /// The user of connection `name` (its `UserName`).
+    pub fn connection_user(&self, name: &str) -> Option<String> {
+        let st = lock(&self.shared);
+        let idx = st.chains.iter().rposition(|c| c.name == name)?;
+        st.chain_user(idx).map(|u| u.user_name.clone())
     }
 
     /// Replaces the fault settings.

@@ -39,8 +39,18 @@ pub enum Outcome {
     MeOk,
     /// `Me` refused: missing, unknown or expired bearer token.
     MeUnauthorized,
-    /// `Me` refused by a rate limit (429).
+    /// A REST call refused by a rate limit (429).
     RateLimited,
+    /// A refresh token of a chain revoked by a newer consent of its user was presented.
+    RevokedChainUsed,
+    /// A token call refused by the daily per-(user, client) cap (429).
+    TokenCapExceeded,
+    /// A chain was revoked because its user consented again on the same client.
+    ChainRevoked,
+    /// A REST collection (`Divisions`, `Accounts`) answered.
+    RestOk,
+    /// A REST call refused: the user may not open the division in the path (403).
+    DivisionForbidden,
 }
 
 /// Counters per outcome.
@@ -81,6 +91,16 @@ pub struct Counters {
     pub me_unauthorized: u64,
     /// See [`Outcome::RateLimited`].
     pub rate_limited: u64,
+    /// See [`Outcome::RevokedChainUsed`].
+    pub revoked_chain_used: u64,
+    /// See [`Outcome::TokenCapExceeded`].
+    pub token_cap_exceeded: u64,
+    /// See [`Outcome::ChainRevoked`].
+    pub chains_revoked: u64,
+    /// See [`Outcome::RestOk`].
+    pub rest_ok: u64,
+    /// See [`Outcome::DivisionForbidden`].
+    pub division_forbidden: u64,
 }
 
 impl Counters {
@@ -103,6 +123,11 @@ impl Counters {
             Outcome::MeOk => &mut self.me_ok,
             Outcome::MeUnauthorized => &mut self.me_unauthorized,
             Outcome::RateLimited => &mut self.rate_limited,
+            Outcome::RevokedChainUsed => &mut self.revoked_chain_used,
+            Outcome::TokenCapExceeded => &mut self.token_cap_exceeded,
+            Outcome::ChainRevoked => &mut self.chains_revoked,
+            Outcome::RestOk => &mut self.rest_ok,
+            Outcome::DivisionForbidden => &mut self.division_forbidden,
         };
         *c += 1;
     }

@@ -6,7 +6,7 @@ use crate::state::{lock, Shared, State, TokenPair};
 use crate::stats::Outcome;
 use axum::body::Bytes;
 use axum::extract::State as AxState;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
@@ -73,10 +73,139 @@ fn attribute(st: &State, form: &Form) -> Option<String> {
         .map(|c| c.name.clone())
 }
 
+/// Client credentials from `Authorization: Basic`, RFC 6749 2.3.1: base64 of
+/// `form-urlencode(id) ":" form-urlencode(secret)`.
+#[derive(Debug, PartialEq, Eq)]
+enum BasicAuth {
+    /// No `Authorization: Basic` header.
+    Absent,
+    /// A Basic header that does not decode to `id:secret`.
+    Malformed,
+    /// Decoded credentials.
+    Credentials { id: String, secret: String },
+}
+
+fn basic_auth(headers: &HeaderMap) -> BasicAuth {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return BasicAuth::Absent;
+    };
+    let Ok(value) = value.to_str() else {
+        return BasicAuth::Malformed;
+    };
+    let Some((scheme, payload)) = value.trim().split_once(' ') else {
+        return BasicAuth::Absent;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return BasicAuth::Absent; // some other scheme: not a client authentication
+    }
+    let Some(decoded) = base64_decode(payload.trim()) else {
+        return BasicAuth::Malformed;
+    };
+    let Ok(decoded) = String::from_utf8(decoded) else {
+        return BasicAuth::Malformed;
+    };
+    // The id is form-encoded, so the first ':' separates it from the secret.
+    let Some((id, secret)) = decoded.split_once(':') else {
+        return BasicAuth::Malformed;
+    };
+    match (form_decode(id), form_decode(secret)) {
+        (Some(id), Some(secret)) if !id.is_empty() => BasicAuth::Credentials { id, secret },
+        _ => BasicAuth::Malformed,
+    }
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space, `%XX` a
+/// byte). Unlike `form_urlencoded::parse` it keeps a literal `&` or `=`; a broken
+/// percent escape makes the credentials malformed rather than silently different.
+fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Standard base64 (with or without padding). Written here to keep the dependency set
+/// (and the workspace lock file) unchanged.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let s = s.trim_end_matches('=');
+    if s.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.as_bytes().chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+/// The client a token call authenticates as, after reconciling Basic and form body.
+enum ClientAuth {
+    /// Credentials to check: (client id, presented secret, sent by Basic).
+    Presented(String, Option<String>, bool),
+    /// No usable client id at all.
+    Missing,
+    /// A Basic header that cannot be decoded.
+    Malformed,
+    /// Basic and body name different credentials (RFC 6749 2.3: one method per request).
+    Conflict(String),
+}
+
+fn client_auth(headers: &HeaderMap, form: &Form) -> ClientAuth {
+    let form_id = form.get("client_id").filter(|c| !c.is_empty());
+    let form_secret = form.get("client_secret");
+    match basic_auth(headers) {
+        BasicAuth::Malformed => ClientAuth::Malformed,
+        BasicAuth::Credentials { id, secret } => {
+            // A body that repeats the same id (and secret) is tolerated, as most servers
+            // do; a body that contradicts the header is refused as ambiguous.
+            let id_differs = form_id.is_some_and(|f| *f != id);
+            let secret_differs = form_secret.is_some_and(|f| *f != secret);
+            if id_differs || secret_differs {
+                ClientAuth::Conflict(id)
+            } else {
+                ClientAuth::Presented(id, Some(secret), true)
+            }
+        }
+        BasicAuth::Absent => match form_id {
+            Some(id) => ClientAuth::Presented(id.clone(), form_secret.cloned(), false),
+            None => ClientAuth::Missing,
+        },
+    }
+}
+
 /// Handles a token call.
 pub async fn token_handler(
     AxState(shared): AxState<Shared>,
     kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let faults = lock(&shared).faults.clone();
@@ -95,7 +224,7 @@ pub async fn token_handler(
             tracing::info!(connection = name.as_deref().unwrap_or("-"), outcome = ?p.outcome(), "token call (injected fault)");
             return p.response();
         }
-        let reply = process(&mut st, &form);
+        let reply = process(&mut st, &headers, &form);
         let name = attribute(&st, &form).or(name);
         st.stats.record(name.as_deref(), reply.outcome);
         tracing::info!(connection = name.as_deref().unwrap_or("-"), outcome = ?reply.outcome, "token call");
@@ -114,18 +243,44 @@ pub async fn token_handler(
     response
 }
 
-/// Applies blocking, client authentication and the grant, and charges 4xx answers to
-/// the client's error budget.
-fn process(st: &mut State, form: &Form) -> Reply {
+/// Applies blocking, client authentication, the daily cap and the grant, and charges
+/// 4xx answers to the client's error budget.
+fn process(st: &mut State, headers: &HeaderMap, form: &Form) -> Reply {
     let now = st.now();
-    let Some(client_id) = form.get("client_id").filter(|c| !c.is_empty()) else {
-        return error(
-            Outcome::InvalidClient,
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client_id is required.",
-        );
+    let (client_id, secret, by_basic) = match client_auth(headers, form) {
+        ClientAuth::Presented(id, secret, basic) => (id, secret, basic),
+        ClientAuth::Missing => {
+            return error(
+                Outcome::InvalidClient,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client_id is required.",
+            )
+        }
+        ClientAuth::Malformed => {
+            // Nobody to charge: the header names no readable client id.
+            return with_basic_challenge(error(
+                Outcome::InvalidClient,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Malformed Basic authorization header.",
+            ));
+        }
+        ClientAuth::Conflict(id) => {
+            let reply = error(
+                Outcome::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Client credentials in the Authorization header and the body differ.",
+            );
+            let limit = st.cfg.error_limit_per_hour;
+            if !st.errors.is_blocked(&id, now, limit) {
+                st.errors.record_error(&id, now);
+            }
+            return reply;
+        }
     };
+    let client_id = client_id.as_str();
     let limit = st.cfg.error_limit_per_hour;
     if st.errors.is_blocked(client_id, now, limit) {
         return error(
@@ -138,14 +293,22 @@ fn process(st: &mut State, form: &Form) -> Reply {
     let authenticated = st
         .clients
         .get(client_id)
-        .is_some_and(|c| form.get("client_secret") == Some(&c.secret));
+        .is_some_and(|c| secret.as_deref() == Some(c.secret.as_str()));
     let reply = if !authenticated {
-        error(
+        let r = error(
             Outcome::InvalidClient,
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "Invalid client id or client secret.",
-        )
+        );
+        // RFC 6749 5.2: a failed Basic authentication carries a challenge.
+        if by_basic {
+            with_basic_challenge(r)
+        } else {
+            r
+        }
+    } else if let Some(r) = daily_cap(st, client_id, form) {
+        r
     } else {
         match form.get("grant_type").map(String::as_str) {
             Some("refresh_token") => refresh(st, client_id, form),
@@ -164,10 +327,65 @@ fn process(st: &mut State, form: &Form) -> Reply {
             ),
         }
     };
-    if reply.response.status().is_client_error() {
+    // Exact's error budget counts 400/401/403/404; a 429 (daily cap) is not an error
+    // of the client's request, so it is not charged.
+    let status = reply.response.status();
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
         st.errors.record_error(client_id, now);
     }
     reply
+}
+
+fn with_basic_challenge(mut r: Reply) -> Reply {
+    r.response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"Exact Online\""),
+    );
+    r
+}
+
+/// The (named or anonymous) user a token call is about: the chain's user for a refresh
+/// token, the consenting user for a code.
+fn call_user(st: &State, client_id: &str, form: &Form) -> Option<usize> {
+    match form.get("grant_type").map(String::as_str) {
+        Some("refresh_token") => form
+            .get("refresh_token")
+            .and_then(|t| st.refresh_tokens.get(t))
+            .and_then(|r| st.chains.get(r.chain))
+            .filter(|c| c.client_id == client_id)
+            .map(|c| c.user),
+        Some("authorization_code") => form
+            .get("code")
+            .and_then(|c| st.codes.get(c))
+            .filter(|c| c.client_id == client_id)
+            .map(|c| c.user),
+        _ => None,
+    }
+}
+
+/// Enforces the rolling 24 h token-call cap per (user, client): a refused call is not
+/// counted (else a client retrying on a 429 would never get out), every other call
+/// that reaches the grant logic is, whatever its outcome.
+fn daily_cap(st: &mut State, client_id: &str, form: &Form) -> Option<Reply> {
+    let user = call_user(st, client_id, form)?;
+    let cap = st.cfg.token_calls_per_day;
+    if cap > 0 && st.token_calls_24h(user, client_id) >= cap {
+        let wait = st.token_cap_frees_in(user, client_id);
+        let mut r = error(
+            Outcome::TokenCapExceeded,
+            StatusCode::TOO_MANY_REQUESTS,
+            "access_denied",
+            "Rate limit exceeded: too many token requests for this user and app in 24 hours",
+        );
+        // Whole seconds, rounded up, so a client waiting exactly this long gets in.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        r.response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        return Some(r);
+    }
+    st.count_token_call(user, client_id);
+    None
 }
 
 fn refresh(st: &mut State, client_id: &str, form: &Form) -> Reply {
@@ -193,6 +411,20 @@ fn refresh(st: &mut State, client_id: &str, form: &Form) -> Reply {
             "Invalid refresh token.",
         );
     };
+    if st
+        .chains
+        .get(rec.chain)
+        .is_some_and(|c| c.revoked.is_some())
+    {
+        // The grant was replaced by a newer consent of the same user: the server no
+        // longer knows this chain, so it answers like for an unknown refresh token.
+        return error(
+            Outcome::RevokedChainUsed,
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "Invalid refresh token.",
+        );
+    }
     if rec.old {
         return error(
             Outcome::OldRefreshTokenUsed,
@@ -282,7 +514,11 @@ fn exchange_code(st: &mut State, client_id: &str, form: &Form) -> Reply {
     };
     rec.used = true;
     let name = rec.name.clone();
-    let chain = st.new_chain(client_id, &name, None);
+    let user = rec.user;
+    let chain = st.new_chain(client_id, &name, user);
+    if st.cfg.revoke_on_reconsent {
+        st.revoke_user_chains(user, client_id, chain);
+    }
     let pair = st.issue_tokens(chain);
     success(st, Outcome::CodeOk, &pair)
 }
