@@ -79,3 +79,88 @@ pub async fn assert_oauth_error(resp: reqwest::Response, status: u16, error: &st
     assert_eq!(body["error"], error, "body {body}");
     body
 }
+
+/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 2.3.1 applies
+/// it to the client id and secret before Basic's base64).
+pub fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// POSTs a form to the token endpoint with the client credentials in HTTP Basic,
+/// form-encoded first as RFC 6749 2.3.1 says.
+pub async fn token_call_basic(
+    sim: &Sim,
+    id: &str,
+    secret: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    http()
+        .post(sim.token_url())
+        .basic_auth(form_encode(id), Some(form_encode(secret)))
+        .form(form)
+        .send()
+        .await
+        .expect("token call answered")
+}
+
+/// Auto-consents (the config must have `auto_consent`) and returns the decoded code.
+pub async fn consent_code(sim: &Sim, client: &str, user: Option<&str>) -> String {
+    let mut q = vec![
+        ("client_id", client),
+        ("redirect_uri", REDIRECT),
+        ("response_type", "code"),
+    ];
+    if let Some(u) = user {
+        q.push(("user", u));
+    }
+    let resp = http()
+        .get(sim.auth_url())
+        .query(&q)
+        .send()
+        .await
+        .expect("auth");
+    assert_eq!(resp.status(), 302, "expected a redirect");
+    let loc = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    url::Url::parse(&loc)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code")
+}
+
+/// Exchanges a code with the credentials in the body; returns (access, refresh).
+pub async fn exchange_ok(sim: &Sim, code: &str) -> (String, String) {
+    let resp = token_call(
+        sim,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", CLIENT),
+            ("client_secret", SECRET),
+        ],
+    )
+    .await
+    .expect("answered");
+    let (status, body) = status_json(resp).await;
+    assert_eq!(status, 200, "exchange should succeed: {body}");
+    (
+        body["access_token"].as_str().expect("access").to_string(),
+        body["refresh_token"].as_str().expect("refresh").to_string(),
+    )
+}
+
+/// GET with a bearer token and `Accept: application/json`.
+pub async fn get_json(url: &str, token: &str) -> reqwest::Response {
+    http()
+        .get(url)
+        .bearer_auth(token)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("answered")
+}
