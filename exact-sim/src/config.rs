@@ -128,7 +128,7 @@ impl SimUser {
 pub struct Faults {
     /// Token calls answered with a 500 Apigee fault body; nothing is consumed.
     pub fault_500_ratio: f64,
-    /// Extra delay before each token and `Me` request is handled.
+    /// Extra delay before each token and REST request is handled.
     #[serde(rename = "latency_ms", with = "crate::duration::as_millis")]
     pub latency: Duration,
     /// Token calls answered `200` with an empty body; nothing is consumed.
@@ -163,7 +163,8 @@ pub struct SimConfig {
     pub error_limit_per_hour: u32,
     /// Initial fault injection settings.
     pub faults: Faults,
-    /// REST calls allowed per minute per client and division (Exact: 60).
+    /// REST calls allowed per minute per client and division (Exact: 60 per app per
+    /// company), shared by all REST endpoints.
     pub rest_limit_per_minute: u32,
     /// REST calls allowed per day per client and division (Exact: 5000).
     pub rest_limit_per_day: u32,

@@ -4,9 +4,12 @@
 //! refusal of refreshes outside the 30 s refresh window (`Reason:
 //! TooEarlyToRefreshTokens`), refresh-token rotation with "Old refresh token used.",
 //! refresh-token expiry, single-use `!`-bearing authorization codes, a per-client error
-//! budget that blocks the app for the rest of the hour, REST rate-limit headers and
-//! 429s, plus injectable gateway faults (Apigee 500s, empty and non-JSON bodies, lost
-//! responses after the token was rotated).
+//! budget that blocks the app for the rest of the hour, client authentication in the
+//! form body or by HTTP Basic, one grant per user per app (a new consent revokes the
+//! user's older chain), a daily token-call cap per user and app, users with several
+//! divisions, `Me` / `hrm/Divisions` / `system/Divisions` / paged `crm/Accounts` with
+//! `$select`, REST rate-limit headers and 429s, plus injectable gateway faults (Apigee
+//! 500s, empty and non-JSON bodies, lost responses after the token was rotated).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -37,7 +37,8 @@ pub enum Outcome {
     LostResponse,
     /// `Me` answered.
     MeOk,
-    /// `Me` refused: missing, unknown or expired bearer token.
+    /// A REST call (`Me`, `Divisions`, `Accounts`) refused: missing, unknown, expired
+    /// or revoked bearer token. (Named after `Me`, its first endpoint.)
     MeUnauthorized,
     /// A REST call refused by a rate limit (429).
     RateLimited,

@@ -522,3 +522,43 @@ fn exchange_code(st: &mut State, client_id: &str, form: &Form) -> Reply {
     let pair = st.issue_tokens(chain);
     success(st, Outcome::CodeOk, &pair)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn base64_decodes_with_and_without_padding() {
+        assert_eq!(base64_decode("YTpi").as_deref(), Some(&b"a:b"[..]));
+        assert_eq!(base64_decode("YTpiYw==").as_deref(), Some(&b"a:bc"[..]));
+        assert_eq!(base64_decode("YTpiYw").as_deref(), Some(&b"a:bc"[..]));
+        assert_eq!(base64_decode("Y"), None);
+        assert_eq!(base64_decode("a!b="), None);
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        // base64("id%3Ax:s+%2B%25") -> id "id:x", secret "s +%"
+        assert_eq!(
+            basic_auth(&headers("Basic aWQlM0F4OnMrJTJCJTI1")),
+            BasicAuth::Credentials {
+                id: "id:x".into(),
+                secret: "s +%".into()
+            }
+        );
+        assert_eq!(basic_auth(&HeaderMap::new()), BasicAuth::Absent);
+        assert_eq!(basic_auth(&headers("Bearer abc")), BasicAuth::Absent);
+        assert_eq!(
+            basic_auth(&headers("Basic bm9jb2xvbg==")),
+            BasicAuth::Malformed
+        );
+        // "%zz" is not a valid escape.
+        assert_eq!(basic_auth(&headers("Basic YTolenp6")), BasicAuth::Malformed);
+    }
+}
