@@ -179,7 +179,7 @@ pub struct SimConfig {
     /// (Exact keeps one grant per user per app). Default on.
     pub revoke_on_reconsent: bool,
     /// Token calls allowed per (user, client) in a rolling 24 h (Exact: about 200);
-    /// 0 disables the cap.
+    /// 0 disables the cap (and the counting).
     pub token_calls_per_day: u32,
     /// `crm/Accounts` records per division unless the division says otherwise.
     pub accounts_per_division: u32,

@@ -123,7 +123,7 @@ struct Cli {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     revoke_on_reconsent: bool,
 
-    /// Token calls allowed per user and client in a rolling 24 h (0 = no cap); beyond it
+    /// Token calls allowed per user and client in a rolling 24 h (0 = no cap, no counting); beyond it
     /// the token endpoint answers 429.
     #[arg(long, default_value_t = 200)]
     token_calls_per_day: u32,

@@ -267,28 +267,25 @@ fn process(st: &mut State, headers: &HeaderMap, form: &Form) -> Reply {
             ));
         }
         ClientAuth::Conflict(id) => {
-            let reply = error(
+            // A blocked client stays blocked whatever it sends; otherwise the ambiguous
+            // request is an error charged to the client named by the header.
+            let limit = st.cfg.error_limit_per_hour;
+            if st.errors.is_blocked(&id, now, limit) {
+                return blocked();
+            }
+            st.errors.record_error(&id, now);
+            return error(
                 Outcome::InvalidRequest,
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "Client credentials in the Authorization header and the body differ.",
             );
-            let limit = st.cfg.error_limit_per_hour;
-            if !st.errors.is_blocked(&id, now, limit) {
-                st.errors.record_error(&id, now);
-            }
-            return reply;
         }
     };
     let client_id = client_id.as_str();
     let limit = st.cfg.error_limit_per_hour;
     if st.errors.is_blocked(client_id, now, limit) {
-        return error(
-            Outcome::Blocked,
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "Too many errors. Application blocked.",
-        );
+        return blocked();
     }
     let authenticated = st
         .clients
@@ -336,6 +333,15 @@ fn process(st: &mut State, headers: &HeaderMap, form: &Form) -> Reply {
     reply
 }
 
+fn blocked() -> Reply {
+    error(
+        Outcome::Blocked,
+        StatusCode::FORBIDDEN,
+        "access_denied",
+        "Too many errors. Application blocked.",
+    )
+}
+
 fn with_basic_challenge(mut r: Reply) -> Reply {
     r.response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -367,9 +373,14 @@ fn call_user(st: &State, client_id: &str, form: &Form) -> Option<usize> {
 /// counted (else a client retrying on a 429 would never get out), every other call
 /// that reaches the grant logic is, whatever its outcome.
 fn daily_cap(st: &mut State, client_id: &str, form: &Form) -> Option<Reply> {
-    let user = call_user(st, client_id, form)?;
     let cap = st.cfg.token_calls_per_day;
-    if cap > 0 && st.token_calls_24h(user, client_id) >= cap {
+    if cap == 0 {
+        // Off: nothing is counted either, so that a soak run without the cap does not
+        // keep a day of call times per user (with a cap the log is at most `cap` long).
+        return None;
+    }
+    let user = call_user(st, client_id, form)?;
+    if st.token_calls_24h(user, client_id) >= cap {
         let wait = st.token_cap_frees_in(user, client_id);
         let mut r = error(
             Outcome::TokenCapExceeded,
