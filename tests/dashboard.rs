@@ -2,8 +2,9 @@
 //! metrics the operator really exports: every `exact_operator_*` name in a panel or variable
 //! query must appear in the operator's rendered /metrics text. No Grafana or Prometheus needed.
 
-use exact_operator::metrics::{ConnectionTimes, Metrics};
-use jiff::Timestamp;
+mod exported;
+
+use exported::{exported_series, metric_names, operator_metrics_text};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -36,48 +37,6 @@ fn queries(dashboard: &Value) -> Vec<String> {
         }
     }
     out
-}
-
-/// The `exact_operator_[a-z_]+` names in a query.
-fn metric_names(query: &str) -> Vec<String> {
-    const PREFIX: &str = "exact_operator_";
-    let mut names = Vec::new();
-    let mut rest = query;
-    while let Some(i) = rest.find(PREFIX) {
-        let tail = &rest[i..];
-        let len = tail
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
-            .unwrap_or(tail.len());
-        names.push(tail[..len].to_string());
-        rest = &tail[len..];
-    }
-    names
-}
-
-fn operator_metrics_text() -> String {
-    let m = Metrics::default();
-    let t = Timestamp::from_second(1_800_000_000).expect("valid timestamp");
-    m.connection(
-        "ns",
-        "c",
-        "TokenPublished",
-        &ConnectionTimes {
-            access_token_expires_at: Some(t),
-            refresh_token_expires_at: Some(t),
-            next_refresh_at: Some(t),
-        },
-    );
-    m.token_call("granted", 0.05);
-    m.is_leader.set(1);
-    m.render()
-}
-
-/// The series names of the exposition text (sample lines, not comments).
-fn exported_series(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
-        .collect()
 }
 
 #[test]
