@@ -29,6 +29,9 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// Lifetime of an OAuth `state` (10 minutes).
     pub oauth_state_ttl: Duration,
+    /// Lifetime of a start ticket in `status.authorizationUrl` (renewed in status when half
+    /// of it is left, so a link read from status is good for at least half of it).
+    pub consent_ticket_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             watch_namespace: None,
             public_url: None,
             oauth_state_ttl: Duration::from_secs(600),
+            consent_ticket_ttl: Duration::from_secs(1800),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Context {
     pub settings: Settings,
     /// Watch-backed caches.
     pub caches: crate::cache::Caches,
+    /// Signs start tickets and OAuth states (None: no consent links are issued).
+    pub consent_key: Option<crate::consent::SigningKey>,
     http: Mutex<HashMap<String, reqwest::Client>>,
 }
 
@@ -81,6 +87,7 @@ impl Context {
             identity,
             settings,
             caches: Default::default(),
+            consent_key: None,
             http: Mutex::new(HashMap::new()),
         }
     }

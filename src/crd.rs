@@ -233,7 +233,21 @@ pub struct ExactConnectionStatus {
     /// imported twice, because it was consumed by the first refresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_bootstrap_digest: Option<String>,
-    /// Where a person authorizes this connection (operator-served start URL), when waiting for consent.
+    /// The Exact user whose consent this connection holds (`UserID` from
+    /// `/api/v1/current/Me`). One consent serves every division that user may open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_user_id: Option<String>,
+    /// That user's `UserName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_user_name: Option<String>,
+    /// Set when the last consent was given by a different Exact user than the one before (a
+    /// different person or company took the connection over): that previous `UserID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_exact_user_id: Option<String>,
+    /// Where a person authorizes this connection: the operator's start URL with a single-use,
+    /// short-lived ticket. Shown only while the connection waits for consent or a
+    /// re-authorization was requested (`kubectl exact authorize --force`); whoever can read
+    /// this status can authorize the connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_url: Option<String>,
     /// Value of the `exact-operator.io/refresh-requested-at` annotation last acted on

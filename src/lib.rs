@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cache;
 pub mod conditions;
+pub mod consent;
 pub mod context;
 pub mod controller;
 pub mod crd;

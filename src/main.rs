@@ -52,6 +52,14 @@ struct Args {
     /// redirectUri is <public-url>/oauth2/callback); shown in status.authorizationUrl.
     #[arg(long, env = "EXACT_PUBLIC_URL")]
     public_url: Option<String>,
+    /// OAuth start/callback requests allowed per client IP per minute (sustained; bursts of
+    /// a third of it). Refusals count in exact_operator_oauth_rate_limited_total.
+    #[arg(long, env = "EXACT_OAUTH_RATE_LIMIT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    oauth_rate_limit: u32,
+    /// Header naming the client IP, set by a trusted proxy in front of the OAuth routes
+    /// (e.g. X-Forwarded-For; its last entry counts). Without it the peer address counts.
+    #[arg(long, env = "EXACT_OAUTH_CLIENT_IP_HEADER")]
+    oauth_client_ip_header: Option<axum::http::HeaderName>,
     /// Run the controllers only while holding the Lease `exact-operator-leader` in the
     /// operator namespace (use with more than one replica).
     #[arg(long, env = "EXACT_LEADER_ELECT")]
@@ -82,7 +90,15 @@ async fn main() -> anyhow::Result<()> {
         public_url: args.public_url.filter(|u| !u.is_empty()),
         ..Settings::default()
     };
-    let ctx = Arc::new(Context::new(client, identity(), settings, metrics.clone()));
+    let mut ctx = Context::new(client, identity(), settings, metrics.clone());
+    if args.oauth_addr.is_some() || ctx.settings.public_url.is_some() {
+        // One key for every replica: start tickets in status and states at the callback.
+        let key = exact_operator::oauth::key::load_or_create(&ctx.client, &args.operator_namespace)
+            .await
+            .map_err(|e| anyhow::anyhow!("OAuth state key: {e}"))?;
+        ctx.consent_key = Some(exact_operator::consent::SigningKey::new(key));
+    }
+    let ctx = Arc::new(ctx);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
@@ -94,19 +110,20 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     if let Some(addr) = args.oauth_addr {
-        let key = exact_operator::oauth::key::load_or_create(&ctx.client, &args.operator_namespace)
-            .await
-            .map_err(|e| anyhow::anyhow!("OAuth state key: {e}"))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving the OAuth flow");
-        let app = exact_operator::oauth::router(exact_operator::oauth::OAuthState {
-            ctx: ctx.clone(),
-            key: Arc::new(key),
-        });
+        let limit = exact_operator::oauth::guard::RateLimit {
+            per_minute: std::num::NonZeroU32::new(args.oauth_rate_limit)
+                .unwrap_or(std::num::NonZeroU32::MIN),
+            burst: std::num::NonZeroU32::new(args.oauth_rate_limit.div_ceil(3))
+                .unwrap_or(std::num::NonZeroU32::MIN),
+            client_ip_header: args.oauth_client_ip_header.clone(),
+        };
+        let state = exact_operator::oauth::OAuthState::new(ctx.clone(), &limit);
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = exact_operator::oauth::serve(listener, state).await {
                 tracing::error!(error = %e, "OAuth server stopped");
             }
         });

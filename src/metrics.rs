@@ -17,6 +17,13 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Label of OAuth-route series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// start or callback.
+    pub route: String,
+}
+
 /// Label of per-connection series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabel {
@@ -64,6 +71,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 while this process runs the controllers (leader, or leader election off).
     pub is_leader: Gauge,
+    /// OAuth requests refused by the per-client-IP rate limit, by route.
+    pub oauth_rate_limited: Family<RouteLabel, Counter>,
     access_expiry: Family<ConnectionLabel, Gauge>,
     refresh_expiry: Family<ConnectionLabel, Gauge>,
     next_refresh: Family<ConnectionLabel, Gauge>,
@@ -82,6 +91,7 @@ impl Default for Metrics {
             reconcile_errors: Counter::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             is_leader: Gauge::default(),
+            oauth_rate_limited: Family::default(),
             access_expiry: Family::default(),
             refresh_expiry: Family::default(),
             next_refresh: Family::default(),
@@ -114,6 +124,16 @@ impl Default for Metrics {
             "1 while this process runs the controllers",
             m.is_leader.clone(),
         );
+        r.register(
+            "oauth_rate_limited",
+            "OAuth start/callback requests refused by the per-client-IP rate limit",
+            m.oauth_rate_limited.clone(),
+        );
+        for route in ["start", "callback"] {
+            drop(m.oauth_rate_limited.get_or_create(&RouteLabel {
+                route: route.to_string(),
+            }));
+        }
         r.register(
             "access_token_expiry_timestamp_seconds",
             "When each connection's published access token expires",

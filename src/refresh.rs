@@ -67,13 +67,20 @@ impl StateHandle {
         .await
     }
 
-    /// Persists a chain that was just created by a consent: it supersedes whatever is stored,
-    /// so a conflict only means "re-read the version and write again".
-    pub async fn persist_new_chain(&self, state: &ConnectionState, rv: Option<String>) -> String {
-        match self.persist_if(state, rv, |_| true).await {
-            Ok(rv) => rv,
-            Err(_) => unreachable!("persist_if only gives up when `may_overwrite` refuses"),
-        }
+    /// Persists a chain that was just created by a consent. With `supersede` (a requested
+    /// re-authorization) it replaces whatever is stored, so a conflict only means "re-read the
+    /// version and write again"; without, it replaces only a stored chain that does not work
+    /// (none, or dead): a chain that started working meanwhile by another way is kept.
+    pub async fn persist_new_chain(
+        &self,
+        state: &ConnectionState,
+        rv: Option<String>,
+        supersede: bool,
+    ) -> Result<String, kube::Error> {
+        self.persist_if(state, rv, |current| {
+            supersede || !current.state.has_working_chain()
+        })
+        .await
     }
 
     /// The one retry loop behind both: write conditionally; on a conflict re-read and write

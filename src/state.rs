@@ -4,6 +4,7 @@
 //! This module only converts between that model and Secret data; it does no I/O.
 
 use crate::schedule::TokenTimes;
+use crate::token::MeInfo;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use secrecy::{ExposeSecret, SecretString};
@@ -28,6 +29,15 @@ pub struct DeadChain {
     pub message: String,
     /// Digest of the inputs (client id/secret, specs) that failed; a change allows a new try.
     pub fingerprint: String,
+}
+
+/// What a Me answer changed about who the connection is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityChange {
+    /// (previous, new) Exact user ID.
+    pub user: Option<(String, String)>,
+    /// (previous, new) division.
+    pub division: Option<(i64, i64)>,
 }
 
 /// Everything the operator remembers about one connection.
@@ -55,8 +65,17 @@ pub struct ConnectionState {
     pub warning: Option<String>,
     /// Why the last token call failed (no secrets), while failures continue.
     pub last_error: Option<String>,
-    /// Nonces of OAuth `state` values already used at the callback (the last few).
+    /// Nonces of start tickets through which a consent completed (the last few): each
+    /// ticket opens one consent only.
     pub used_auth_nonces: Vec<String>,
+    /// The Exact user whose consent the chain is (`UserID` of `/api/v1/current/Me`).
+    pub exact_user_id: Option<String>,
+    /// That user's `UserName`.
+    pub exact_user_name: Option<String>,
+    /// The user before the last consent, when that consent was given by someone else.
+    pub previous_exact_user_id: Option<String>,
+    /// The re-authorization request (annotation value) the last consent answered.
+    pub handled_reauthorize: Option<String>,
 }
 
 const K_REFRESH: &str = "refresh_token";
@@ -79,6 +98,10 @@ const K_NOT_BEFORE: &str = "not_before";
 const K_WARNING: &str = "warning";
 const K_NONCES: &str = "used_auth_nonces";
 const K_LAST_ERROR: &str = "last_error";
+const K_USER_ID: &str = "exact_user_id";
+const K_USER_NAME: &str = "exact_user_name";
+const K_PREVIOUS_USER_ID: &str = "previous_exact_user_id";
+const K_HANDLED_REAUTHORIZE: &str = "handled_reauthorize";
 
 /// Hex SHA-256 of a secret value: safe to show and compare.
 pub fn digest(value: &str) -> String {
@@ -138,6 +161,10 @@ impl ConnectionState {
             used_auth_nonces: text(data, K_NONCES)
                 .map(|s| s.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
+            exact_user_id: text(data, K_USER_ID),
+            exact_user_name: text(data, K_USER_NAME),
+            previous_exact_user_id: text(data, K_PREVIOUS_USER_ID),
+            handled_reauthorize: text(data, K_HANDLED_REAUTHORIZE),
         }
     }
 
@@ -205,6 +232,10 @@ impl ConnectionState {
         if !self.used_auth_nonces.is_empty() {
             put(K_NONCES, Some(self.used_auth_nonces.join(",")));
         }
+        put(K_USER_ID, self.exact_user_id.clone());
+        put(K_USER_NAME, self.exact_user_name.clone());
+        put(K_PREVIOUS_USER_ID, self.previous_exact_user_id.clone());
+        put(K_HANDLED_REAUTHORIZE, self.handled_reauthorize.clone());
         m
     }
 
@@ -213,6 +244,46 @@ impl ConnectionState {
         self.claim
             .as_ref()
             .filter(|c| c.holder != me && c.until > now)
+    }
+
+    /// Records who the token belongs to (a Me answer). `new_consent`: the chain was just
+    /// created by a consent, so a different user than before means someone else took the
+    /// connection over. `spec_division`: the division fixed in spec, if any (then the user's
+    /// current division is not the connection's).
+    pub fn record_me(
+        &mut self,
+        me: &MeInfo,
+        new_consent: bool,
+        spec_division: Option<i64>,
+    ) -> IdentityChange {
+        let mut change = IdentityChange::default();
+        if let (Some(old), Some(new)) = (&self.exact_user_id, &me.user_id) {
+            if old != new {
+                change.user = Some((old.clone(), new.clone()));
+            }
+        }
+        if new_consent {
+            self.previous_exact_user_id = change.user.as_ref().map(|(old, _)| old.clone());
+        }
+        if me.user_id.is_some() {
+            self.exact_user_id = me.user_id.clone();
+            self.exact_user_name = me.user_name.clone();
+        }
+        if spec_division.is_none() {
+            if let Some(old) = self.division.filter(|d| *d != me.current_division) {
+                change.division = Some((old, me.current_division));
+            }
+            if new_consent || self.division.is_none() {
+                self.division = Some(me.current_division);
+            }
+        }
+        change
+    }
+
+    /// Whether the stored chain can still be refreshed: a refresh token not marked dead.
+    /// A consent through a `Consent` ticket must not replace such a chain.
+    pub fn has_working_chain(&self) -> bool {
+        self.refresh_token.is_some() && self.dead.is_none()
     }
 
     /// Whether the stored access token is still usable at `now`.
@@ -255,6 +326,10 @@ mod tests {
             warning: Some("w".into()),
             last_error: Some("e".into()),
             used_auth_nonces: vec!["n1".into(), "n2".into()],
+            exact_user_id: Some("u-1".into()),
+            exact_user_name: Some("jan@example.invalid".into()),
+            previous_exact_user_id: Some("u-0".into()),
+            handled_reauthorize: Some("2026-12-01T12:00:00Z".into()),
         };
         let back = ConnectionState::from_data(&st.to_data());
         assert_eq!(
@@ -277,6 +352,57 @@ mod tests {
             back.used_auth_nonces,
             vec!["n1".to_string(), "n2".to_string()]
         );
+        assert_eq!(back.exact_user_id.as_deref(), Some("u-1"));
+        assert_eq!(back.exact_user_name.as_deref(), Some("jan@example.invalid"));
+        assert_eq!(back.previous_exact_user_id.as_deref(), Some("u-0"));
+        assert_eq!(back.handled_reauthorize, st.handled_reauthorize);
+    }
+
+    fn me(user: &str, division: i64) -> MeInfo {
+        MeInfo {
+            user_id: Some(user.into()),
+            user_name: Some(format!("{user}@example.invalid")),
+            current_division: division,
+        }
+    }
+
+    #[test]
+    fn a_consent_by_someone_else_is_recorded_as_a_takeover() {
+        let mut st = ConnectionState::default();
+        assert_eq!(
+            st.record_me(&me("u1", 10), true, None),
+            IdentityChange::default()
+        );
+        assert_eq!(
+            (st.exact_user_id.as_deref(), st.division),
+            (Some("u1"), Some(10))
+        );
+        let change = st.record_me(&me("u2", 20), true, None);
+        assert_eq!(change.user, Some(("u1".into(), "u2".into())));
+        assert_eq!(change.division, Some((10, 20)));
+        assert_eq!(st.previous_exact_user_id.as_deref(), Some("u1"));
+        assert_eq!(st.division, Some(20));
+        // The same user consenting again clears the takeover note.
+        assert_eq!(
+            st.record_me(&me("u2", 20), true, None),
+            IdentityChange::default()
+        );
+        assert_eq!(st.previous_exact_user_id, None);
+    }
+
+    #[test]
+    fn a_refresh_never_moves_the_division_and_spec_division_wins() {
+        let mut st = ConnectionState::default();
+        st.record_me(&me("u1", 10), true, None);
+        let change = st.record_me(&me("u1", 11), false, None);
+        assert_eq!(change.division, Some((10, 11)), "reported");
+        assert_eq!(st.division, Some(10), "but kept: only a consent moves it");
+        let mut fixed = ConnectionState::default();
+        assert_eq!(
+            fixed.record_me(&me("u1", 11), true, Some(99)),
+            IdentityChange::default()
+        );
+        assert_eq!(fixed.division, None);
     }
 
     #[test]

@@ -289,13 +289,24 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Asks Exact which division (company) the token's user works in: GET /v1/current/Me.
-pub async fn discover_division(
+/// Who a token belongs to, from `/api/v1/current/Me`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeInfo {
+    /// `UserID` (a GUID): the Exact user whose consent the chain is.
+    pub user_id: Option<String>,
+    /// `UserName`.
+    pub user_name: Option<String>,
+    /// `CurrentDivision`: the company the user had open.
+    pub current_division: i64,
+}
+
+/// Reads `/api/v1/current/Me` with an access token (a REST call, not a token call).
+pub async fn who_am_i(
     http: &reqwest::Client,
     api_base_url: &str,
     access_token: &SecretString,
-) -> Result<i64, String> {
-    let url = format!("{api_base_url}/v1/current/Me?$select=CurrentDivision");
+) -> Result<MeInfo, String> {
+    let url = format!("{api_base_url}/v1/current/Me?$select=UserID,UserName,CurrentDivision");
     let resp = http
         .get(url)
         .bearer_auth(access_token.expose_secret())
@@ -317,15 +328,54 @@ pub async fn discover_division(
     let body = read_limited(resp).await?;
     let v: serde_json::Value =
         serde_json::from_slice(&body).map_err(|_| "Me answer is not JSON".to_string())?;
-    v.pointer("/d/results/0/CurrentDivision")
-        .or_else(|| v.pointer("/d/CurrentDivision"))
-        .and_then(|d| d.as_i64())
-        .ok_or_else(|| "Me answer has no CurrentDivision".to_string())
+    me_info(&v)
+}
+
+/// Parses a Me answer (OData v2 `d.results[0]` or `d`).
+fn me_info(v: &serde_json::Value) -> Result<MeInfo, String> {
+    let me = v
+        .pointer("/d/results/0")
+        .or_else(|| v.pointer("/d"))
+        .ok_or_else(|| "Me answer has no d.results".to_string())?;
+    let text = |k: &str| {
+        me.get(k)
+            .and_then(|x| x.as_str())
+            .map(|s| s.chars().take(200).collect::<String>())
+            .filter(|s| !s.is_empty())
+    };
+    Ok(MeInfo {
+        user_id: text("UserID"),
+        user_name: text("UserName"),
+        current_division: me
+            .get("CurrentDivision")
+            .and_then(|d| d.as_i64())
+            .ok_or_else(|| "Me answer has no CurrentDivision".to_string())?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn me_answers_in_both_odata_shapes() {
+        let v = serde_json::json!({"d": {"results": [{"UserID": "u-1", "UserName": "jan", "CurrentDivision": 42}]}});
+        assert_eq!(
+            me_info(&v),
+            Ok(MeInfo {
+                user_id: Some("u-1".into()),
+                user_name: Some("jan".into()),
+                current_division: 42
+            })
+        );
+        let bare = serde_json::json!({"d": {"CurrentDivision": 7}});
+        assert_eq!(
+            me_info(&bare).map(|m| (m.user_id, m.current_division)),
+            Ok((None, 7))
+        );
+        assert!(me_info(&serde_json::json!({"d": {"results": [{}]}})).is_err());
+        assert!(me_info(&serde_json::json!([])).is_err());
+    }
 
     fn granted(o: TokenOutcome) -> TokenGrant {
         match o {

@@ -13,7 +13,7 @@ use crate::refresh::{import_bootstrap, refresh, RefreshEnd, RefreshJob, StateHan
 use crate::schedule::{next_refresh, RefreshPolicy};
 use crate::secrets::{load_state, state_secret_name, RefError};
 use crate::state::{digest, ConnectionState};
-use crate::token::{discover_division, TokenEndpoint};
+use crate::token::{who_am_i, TokenEndpoint};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -183,8 +183,10 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
             mut state,
             resource_version,
         } => {
+            // Me is asked only when the division is needed (an explicit division costs no
+            // call); a consent always asks it, to know who consented.
             if conn.spec.division.is_none() && state.division.is_none() {
-                discover(ctx, conn, &r, &handle, &mut state, resource_version).await;
+                identify(ctx, conn, &r, &handle, &mut state, resource_version, false).await;
             }
             if publish_from_state(ctx, conn, &r, &state).await? == Published::Conflict {
                 return Ok(conflict(&r).with_state(&state, &r.policy));
@@ -346,26 +348,43 @@ pub(crate) async fn publish_from_state(
     Ok(publish(&api, &target, data).await?)
 }
 
-pub(crate) async fn discover(
+/// Learns who the token belongs to (`Me`: user, current division) and stores it.
+/// `new_consent`: the chain was just created by a consent, so a different user or division
+/// than before is news worth an Event (someone else took the connection over).
+pub(crate) async fn identify(
     ctx: &Context,
     conn: &ExactConnection,
     r: &Resolved,
     handle: &StateHandle,
     state: &mut ConnectionState,
     rv: String,
+    new_consent: bool,
 ) {
     let Some(token) = state.access_token.clone() else {
         return;
     };
-    match discover_division(&r.http, &r.settings.api_base_url, &token).await {
-        Ok(d) => {
-            state.division = Some(d);
+    match who_am_i(&r.http, &r.settings.api_base_url, &token).await {
+        Ok(me) => {
+            let change = state.record_me(&me, new_consent, conn.spec.division);
             if let Err(e) = handle.write(state, Some(&rv)).await {
-                tracing::warn!(error = %e, "storing the discovered division failed; it is rediscovered later");
+                tracing::warn!(error = %e, "storing who the token belongs to failed; it is asked again later");
+            }
+            if let Some((old, new)) = change.user {
+                let note = format!(
+                    "this consent was given by a different Exact user (UserID {new}, before {old}): a different person or company now holds this connection"
+                );
+                event(ctx, conn, EventType::Warning, "ExactUserChanged", note).await;
+            }
+            if let (true, Some((old, new))) = (new_consent, change.division) {
+                let note = format!(
+                    "the consenting user's current division is {new} (before {old}); the token is published for {new}"
+                );
+                event(ctx, conn, EventType::Warning, "DivisionChanged", note).await;
             }
         }
-        Err(e) => {
+        Err(e) if conn.spec.division.is_none() && state.division.is_none() => {
             event(ctx, conn, EventType::Warning, "DivisionDiscoveryFailed", e).await;
         }
+        Err(e) => tracing::debug!(error = %e, "Me request failed; the user is asked again later"),
     }
 }

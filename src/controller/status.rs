@@ -3,6 +3,7 @@
 
 use super::Error;
 use crate::conditions::ready;
+use crate::consent;
 use crate::context::Context;
 use crate::crd::{ExactConnection, ExactConnectionStatus};
 use crate::metrics::ConnectionTimes;
@@ -35,6 +36,14 @@ pub struct Outcome {
     pub consecutive_failures: u32,
     /// Imported bootstrap digest.
     pub bootstrap_digest: Option<String>,
+    /// Exact user of the chain, and the one before a takeover.
+    pub exact_user_id: Option<String>,
+    /// That user's name.
+    pub exact_user_name: Option<String>,
+    /// The user before the last consent, when someone else consented.
+    pub previous_exact_user_id: Option<String>,
+    /// The re-authorization request the last consent answered.
+    pub handled_reauthorize: Option<String>,
     /// When to reconcile again.
     pub requeue: Option<Duration>,
 }
@@ -72,6 +81,10 @@ impl Outcome {
         self.division = state.division;
         self.consecutive_failures = state.times.consecutive_failures;
         self.bootstrap_digest = state.bootstrap_digest.clone();
+        self.exact_user_id = state.exact_user_id.clone();
+        self.exact_user_name = state.exact_user_name.clone();
+        self.previous_exact_user_id = state.previous_exact_user_id.clone();
+        self.handled_reauthorize = state.handled_reauthorize.clone();
         self
     }
     /// Plans the next call at `due`.
@@ -113,7 +126,19 @@ pub async fn write_status(
         imported_bootstrap_digest: out
             .bootstrap_digest
             .or(prev.imported_bootstrap_digest.clone()),
-        authorization_url: authorization_url(conn, ctx, reason),
+        authorization_url: authorization_url(
+            conn,
+            ctx,
+            reason,
+            out.handled_reauthorize.as_deref(),
+            prev.authorization_url.as_deref(),
+            now,
+        ),
+        exact_user_id: out.exact_user_id.or(prev.exact_user_id.clone()),
+        exact_user_name: out.exact_user_name.or(prev.exact_user_name.clone()),
+        previous_exact_user_id: out
+            .previous_exact_user_id
+            .or(prev.previous_exact_user_id.clone()),
         handled_refresh_request: conn
             .annotations()
             .get(crate::crd::REFRESH_REQUEST_ANNOTATION)
@@ -154,18 +179,38 @@ pub async fn write_status(
     Ok(())
 }
 
-/// The start URL is shown while a person's consent is what the connection needs.
-fn authorization_url(conn: &ExactConnection, ctx: &Context, reason: &str) -> Option<String> {
+/// The start link (with a fresh or still-good ticket) while a person's consent is what the
+/// connection needs, or while a re-authorization request is pending; see `consent`.
+fn authorization_url(
+    conn: &ExactConnection,
+    ctx: &Context,
+    reason: &str,
+    handled_reauthorize: Option<&str>,
+    current_link: Option<&str>,
+    now: Timestamp,
+) -> Option<String> {
     use crate::conditions::reason::{AWAITING_AUTHORIZATION, REAUTHORIZATION_REQUIRED};
-    if reason != AWAITING_AUTHORIZATION && reason != REAUTHORIZATION_REQUIRED {
-        return None;
-    }
     let base = ctx.settings.public_url.as_deref()?;
-    Some(crate::oauth::start_url(
+    let key = ctx.consent_key.as_ref()?;
+    let input = consent::IssueInput {
+        awaiting_consent: reason == AWAITING_AUTHORIZATION || reason == REAUTHORIZATION_REQUIRED,
+        reauthorize_requested_at: conn
+            .annotations()
+            .get(consent::REAUTHORIZE_ANNOTATION)
+            .map(String::as_str),
+        handled_reauthorize,
+        current_link,
+    };
+    consent::link_now(
+        key,
         base,
         &conn.namespace().unwrap_or_default(),
         &conn.name_any(),
-    ))
+        &conn.uid().unwrap_or_default(),
+        &input,
+        now,
+        ctx.settings.consent_ticket_ttl,
+    )
 }
 
 fn same_status(a: &ExactConnectionStatus, b: &ExactConnectionStatus) -> bool {

@@ -1,10 +1,13 @@
-//! The OAuth callback: validate state, decode the code exactly once (the query extractor
-//! does that single decoding), exchange it, persist, publish.
+//! The OAuth callback: validate state, decode the code exactly once (the strict query parser
+//! does that single decoding), check the ticket's grounds against what is stored now, spend
+//! the ticket and claim in one conditional write, exchange the code, persist, learn who
+//! consented, publish.
 
+use super::guard::query_params;
 use super::pages::{failure, success};
-use super::state_token::{verify, StateClaims};
-use super::OAuthState;
-use crate::controller::connection::{discover, event, publish_from_state};
+use super::{OAuthState, UNAVAILABLE};
+use crate::consent::{self, Grounds, StateClaims};
+use crate::controller::connection::{event, identify, publish_from_state};
 use crate::controller::deref::dereference;
 use crate::crd::ExactConnection;
 use crate::publish::Published;
@@ -12,7 +15,7 @@ use crate::refresh::{apply_grant, StateHandle};
 use crate::secrets::{is_conflict, load_state, state_secret_name};
 use crate::state::Claim;
 use crate::token::{Grant, TokenEndpoint, TokenOutcome};
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use jiff::{SignedDuration, Timestamp};
@@ -21,33 +24,29 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use secrecy::SecretString;
-use serde::Deserialize;
-use std::collections::HashMap;
 
-#[derive(Deserialize)]
-pub(super) struct CallbackQuery {
-    state: Option<String>,
-    code: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
-}
-
-const UNAVAILABLE: &str = "the Kubernetes API is unavailable; start again in a moment";
-
-pub(super) async fn handle(
-    State(s): State<OAuthState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let q = CallbackQuery {
-        state: q.get("state").cloned(),
-        code: q.get("code").cloned(),
-        error: q.get("error").cloned(),
-        error_description: q.get("error_description").cloned(),
+pub(super) async fn handle(State(s): State<OAuthState>, RawQuery(raw): RawQuery) -> Response {
+    let Some(key) = s.ctx.consent_key.as_ref() else {
+        return failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "the operator has no signing key",
+        );
     };
-    let claims = match verify(
-        &s.key,
-        q.state.as_deref().unwrap_or(""),
-        Timestamp::now().as_second(),
+    let mut q = match query_params(
+        raw.as_deref(),
+        &["state", "code", "error", "error_description"],
+    ) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(reason = %e, "OAuth callback refused");
+            return failure(StatusCode::BAD_REQUEST, None, &e.to_string());
+        }
+    };
+    let claims = match consent::verify_state(
+        key,
+        q.get("state").map(String::as_str).unwrap_or(""),
+        Timestamp::now(),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -68,15 +67,19 @@ pub(super) async fn handle(
         }
         Err(_) => return failure(StatusCode::SERVICE_UNAVAILABLE, who, UNAVAILABLE),
     };
-    let result = if let Some(err) = q.error {
-        let desc = q.error_description.unwrap_or_default();
+    let result = if q.contains_key("code") && q.contains_key("error") {
+        Err(Refusal::Client(
+            "the callback carries both a code and an error; nothing was done".into(),
+        ))
+    } else if let Some(err) = q.remove("error") {
+        let desc = q.remove("error_description").unwrap_or_default();
         let text: String = format!("Exact answered error={err} {desc}")
             .chars()
             .take(300)
             .collect();
         Err(Refusal::Client(text.trim().to_string()))
     } else {
-        match q.code.filter(|c| !c.is_empty()) {
+        match q.remove("code").filter(|c| !c.is_empty()) {
             None => Err(Refusal::Client(
                 "the callback carries no authorization code".into(),
             )),
@@ -90,6 +93,19 @@ pub(super) async fn handle(
             success(&claims.ns, &claims.name)
         }
         Err(Refusal::Unavailable) => failure(StatusCode::SERVICE_UNAVAILABLE, who, UNAVAILABLE),
+        Err(Refusal::Gate(refused)) => {
+            let what =
+                format!("a consent arrived and was refused without using its code: {refused}");
+            event(
+                &s.ctx,
+                &conn,
+                EventType::Warning,
+                "AuthorizationRefused",
+                what,
+            )
+            .await;
+            failure(refused_status(&refused), who, &refused.to_string())
+        }
         Err(Refusal::Client(what)) => {
             event(
                 &s.ctx,
@@ -107,6 +123,17 @@ pub(super) async fn handle(
 enum Refusal {
     Unavailable,
     Client(String),
+    /// The ticket's grounds do not hold any more (decided before Exact is called).
+    Gate(consent::Refused),
+}
+
+/// A replayed link is a bad request; a link whose grounds went away meanwhile conflicts with
+/// the connection's current state.
+pub(super) fn refused_status(r: &consent::Refused) -> StatusCode {
+    match r {
+        consent::Refused::AlreadyUsed => StatusCode::BAD_REQUEST,
+        _ => StatusCode::CONFLICT,
+    }
 }
 
 impl From<kube::Error> for Refusal {
@@ -138,13 +165,15 @@ async fn exchange(
         owner,
         connection: claims.name.clone(),
     };
-    // Spend the state (single use) and claim the connection in one conditional write.
+    // Check the ticket's grounds against what is stored now, then spend the ticket and claim
+    // the connection in one conditional write: a concurrent change makes the write fail.
     let stored = load_state(&handle.api, &handle.name).await?;
-    if stored.state.used_auth_nonces.contains(&claims.nonce) {
-        return Err(Refusal::Client(
-            "this authorization link was already used; start again".into(),
-        ));
-    }
+    let annotation = conn
+        .annotations()
+        .get(consent::REAUTHORIZE_ANNOTATION)
+        .map(String::as_str);
+    consent::may_consent(&claims.grounds, &claims.nonce, &stored.state, annotation)
+        .map_err(Refusal::Gate)?;
     let now = Timestamp::now();
     if stored.state.claimed_by_other(&ctx.identity, now).is_some() {
         return Err(Refusal::Client(
@@ -168,7 +197,7 @@ async fn exchange(
         Ok(rv) => rv,
         Err(e) if is_conflict(&e) => {
             return Err(Refusal::Client(
-                "the connection changed meanwhile; start again".into(),
+                "the connection changed meanwhile; nothing was done, start again".into(),
             ))
         }
         Err(e) => return Err(e.into()),
@@ -192,11 +221,20 @@ async fn exchange(
     match outcome {
         TokenOutcome::Granted(grant) if grant.refresh_token.is_some() => {
             apply_grant(&mut state, grant, &r.policy, sent_at, Timestamp::now());
-            // Nothing else holds these tokens: persist before anything else.
-            let rv = handle.persist_new_chain(&state, Some(rv)).await;
-            if conn.spec.division.is_none() && state.division.is_none() {
-                discover(ctx, conn, &r, &handle, &mut state, rv).await;
+            let supersede = matches!(claims.grounds, Grounds::Reauthorize { .. });
+            if let Grounds::Reauthorize { requested_at } = &claims.grounds {
+                state.handled_reauthorize = Some(requested_at.clone());
             }
+            // Nothing else holds these tokens: persist before anything else.
+            let rv = match handle.persist_new_chain(&state, Some(rv), supersede).await {
+                Ok(rv) => rv,
+                Err(_) => {
+                    return Err(Refusal::Client(
+                        "the connection got a working authorization by another way while this consent was completing; that one was kept".into(),
+                    ))
+                }
+            };
+            identify(ctx, conn, &r, &handle, &mut state, rv, true).await;
             match publish_from_state(ctx, conn, &r, &state).await {
                 Ok(Published::Conflict) => Err(Refusal::Client(format!(
                     "authorized, but Secret {} belongs to something else; the token was not published",

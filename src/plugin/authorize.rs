@@ -1,11 +1,13 @@
 //! `kubectl exact authorize`: show where a person consents (`status.authorizationUrl`), or
 //! why there is no such URL, then wait until the connection is Ready or fails.
 
-use super::cluster::{is_failure_reason, qualified, ready_condition, Session};
+use super::cluster::{is_failure_reason, is_ready, qualified, ready_condition, Session};
 use super::progress::Progress;
 use super::{note, out, Error, EXIT_NOT_READY, EXIT_OK, EXIT_TIMEOUT};
 use crate::conditions::reason;
+use crate::consent::REAUTHORIZE_ANNOTATION;
 use crate::crd::{Condition, ExactConnection};
+use kube::api::{Patch, PatchParams};
 use std::time::Duration;
 
 /// How often the wait re-reads the connection.
@@ -165,6 +167,86 @@ fn print_url(conn: &ExactConnection, url: &str) {
     ));
 }
 
+/// The merge patch asking for a re-authorization link (request `value`).
+pub fn reauthorize_patch(value: &str) -> serde_json::Value {
+    serde_json::json!({"metadata": {"annotations": {REAUTHORIZE_ANNOTATION: value}}})
+}
+
+/// Runs `authorize --force`: asks for a link although the connection may work, prints it,
+/// and waits until a consent through it completed (the link is gone and the connection is
+/// Ready) or failed.
+pub async fn run_forced(
+    session: &Session,
+    name: &str,
+    open: bool,
+    timeout: Duration,
+) -> Result<u8, Error> {
+    let before = session.connection(name).await?;
+    let id = qualified(&before);
+    let old_url = authorization_url(&before).map(str::to_string);
+    let value = jiff::Timestamp::now().to_string();
+    session
+        .connections()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&reauthorize_patch(&value)),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("annotating ExactConnection {id}"), e))?;
+    out(&format!(
+        "Asked the operator for a re-authorization link for {id} ({REAUTHORIZE_ANNOTATION}={value}).\n"
+    ));
+    let mut progress = Progress::new();
+    let mut shown: Option<String> = None;
+    loop {
+        let conn = session.connection(name).await?;
+        let url = authorization_url(&conn).map(str::to_string);
+        match (&shown, url) {
+            (None, Some(u)) if Some(&u) != old_url.as_ref() || !is_ready(&conn) => {
+                progress.finish();
+                print_url(&conn, &u);
+                if open {
+                    if let Err(e) = open_browser(&u).await {
+                        note(&format!(
+                            "Could not open a browser ({e}); open the URL yourself."
+                        ));
+                    }
+                }
+                shown = Some(u);
+            }
+            (Some(_), None) if is_ready(&conn) => {
+                progress.finish();
+                out(&format!("{id} is authorized again and Ready.\n"));
+                return Ok(EXIT_OK);
+            }
+            (Some(_), Some(u)) if shown.as_ref() != Some(&u) => {
+                progress.finish();
+                print_url(&conn, &u);
+                shown = Some(u);
+            }
+            _ => {}
+        }
+        let what = if shown.is_some() {
+            "waiting for the consent"
+        } else {
+            "waiting for the operator to issue a link"
+        };
+        progress.set(&format!("{id}: {what}"));
+        if progress.elapsed() >= timeout {
+            progress.finish();
+            out(&format!(
+                "Timed out after {} {what} for {id}.\n",
+                super::table::compact(timeout.as_secs() as i64)
+            ));
+            return Ok(EXIT_TIMEOUT);
+        }
+        progress
+            .sleep(POLL.min(timeout.saturating_sub(progress.elapsed())))
+            .await;
+    }
+}
+
 /// Runs `authorize`: returns the exit code.
 pub async fn run(
     session: &Session,
@@ -177,7 +259,9 @@ pub async fn run(
     let id = qualified(&conn);
     match verdict(&conn, &baseline) {
         Verdict::Ready { reason, message } => {
-            out(&format!("{id} is already Ready ({reason}): {message}\n"));
+            out(&format!(
+                "{id} is already Ready ({reason}): {message}\nTo replace its authorization (e.g. by another Exact user), run `kubectl exact authorize {name} --force`.\n"
+            ));
             if let Some(r) = &conn.spec.refresh_token_secret_ref {
                 out(&format!(
                     "There is no authorization URL: it bootstraps from Secret {} (key {}); put a new refresh token there to re-authorize.\n",

@@ -71,13 +71,24 @@ Examples:
   kubectl exact authorize acme -n finance
 
   # Open it in the browser too, wait up to 30 minutes
-  kubectl exact authorize acme --open --timeout 30m")]
+  kubectl exact authorize acme --open --timeout 30m
+
+  # Replace the consent of a connection that works (e.g. hand it to another Exact user)
+  kubectl exact authorize acme --force
+
+The link carries a single-use ticket that expires within 30 minutes; it is shown only to
+those allowed to read the connection, so share it only with the person who consents.")]
     Authorize {
         /// Name of the ExactConnection.
         connection: String,
         /// Open the URL with xdg-open (Linux) or open (macOS).
         #[arg(long)]
         open: bool,
+        /// Ask for a link although the connection works (replace its consent, e.g. by
+        /// another Exact user): sets the exact-operator.io/reauthorize-requested-at
+        /// annotation, which needs `patch` rights on the connection.
+        #[arg(long)]
+        force: bool,
         /// How long to wait for the connection to become Ready ("90s", "10m", "1h").
         #[arg(long, default_value = "10m", value_parser = parse_wait)]
         timeout: Duration,
@@ -184,8 +195,15 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Authorize {
             connection,
             open,
+            force,
             timeout,
-        } => authorize::run(&session, &connection, open, timeout).await,
+        } => {
+            if force {
+                authorize::run_forced(&session, &connection, open, timeout).await
+            } else {
+                authorize::run(&session, &connection, open, timeout).await
+            }
+        }
         Command::Inspect { connection, output } => {
             inspect::run(&session, &connection, output.into()).await
         }

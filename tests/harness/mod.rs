@@ -32,6 +32,8 @@ pub struct Operator {
     pub identity: String,
     /// Base URL of the OAuth routes, when started with them.
     pub oauth_url: Option<String>,
+    /// The operator's metrics.
+    pub metrics: Metrics,
 }
 
 impl Operator {
@@ -44,6 +46,7 @@ impl Operator {
     /// Starts the operator with a given client.
     pub fn start_with(client: Client, namespace: &str, name: &str) -> Operator {
         let (ctx, identity) = context(client, namespace, name, None, Duration::from_secs(600));
+        let ctx_metrics = ctx.metrics.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(exact_operator::controller::run(ctx, async move {
             let _ = rx.await;
@@ -51,6 +54,7 @@ impl Operator {
         Operator {
             stop: Some(tx),
             task: Some(task),
+            metrics: ctx_metrics,
             identity,
             oauth_url: None,
         }
@@ -58,27 +62,41 @@ impl Operator {
 
     /// Starts the operator (RBAC identity) plus its OAuth routes on a loopback port.
     pub async fn start_with_oauth(namespace: &str, name: &str, state_ttl: Duration) -> Operator {
+        // All test traffic comes from 127.0.0.1: a limit no test reaches unless it means to.
+        let generous = exact_operator::oauth::guard::RateLimit {
+            per_minute: std::num::NonZeroU32::new(100_000).expect("non-zero"),
+            burst: std::num::NonZeroU32::new(10_000).expect("non-zero"),
+            client_ip_header: None,
+        };
+        Self::start_with_oauth_limit(namespace, name, state_ttl, &generous).await
+    }
+
+    /// Like `start_with_oauth`, with a given per-client-IP rate limit.
+    pub async fn start_with_oauth_limit(
+        namespace: &str,
+        name: &str,
+        state_ttl: Duration,
+        limit: &exact_operator::oauth::guard::RateLimit,
+    ) -> Operator {
         let client = support::operator_client(namespace).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind oauth");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let key = exact_operator::oauth::key::load_or_create(&client, support::OPERATOR_NAMESPACE)
+            .await
+            .expect("state key");
         let (ctx, identity) = context(
             client.clone(),
             namespace,
             name,
-            Some(url.clone()),
+            Some((url.clone(), key)),
             state_ttl,
         );
-        let key = exact_operator::oauth::key::load_or_create(&client, support::OPERATOR_NAMESPACE)
-            .await
-            .expect("state key");
-        let app = exact_operator::oauth::router(exact_operator::oauth::OAuthState {
-            ctx: ctx.clone(),
-            key: Arc::new(key),
-        });
+        let ctx_metrics = ctx.metrics.clone();
+        let state = exact_operator::oauth::OAuthState::new(ctx.clone(), limit);
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = exact_operator::oauth::serve(listener, state).await;
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -91,6 +109,7 @@ impl Operator {
         Operator {
             stop: Some(tx),
             task: Some(task),
+            metrics: ctx_metrics,
             identity,
             oauth_url: Some(url),
         }
@@ -119,9 +138,10 @@ fn context(
     client: Client,
     namespace: &str,
     name: &str,
-    public_url: Option<String>,
+    oauth: Option<(String, Vec<u8>)>,
     state_ttl: Duration,
 ) -> (Arc<Context>, String) {
+    let (public_url, key) = oauth.unzip();
     let settings = Settings {
         watch_namespace: Some(namespace.to_string()),
         max_errors_per_hour: 50,
@@ -131,15 +151,9 @@ fn context(
         ..Settings::default()
     };
     let identity = format!("{name}-{namespace}");
-    (
-        Arc::new(Context::new(
-            client,
-            identity.clone(),
-            settings,
-            Metrics::default(),
-        )),
-        identity,
-    )
+    let mut ctx = Context::new(client, identity.clone(), settings, Metrics::default());
+    ctx.consent_key = key.map(exact_operator::consent::SigningKey::new);
+    (Arc::new(ctx), identity)
 }
 
 /// Applies a Secret with string data.
