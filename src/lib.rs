@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cache;
+pub mod chain;
 pub mod conditions;
 pub mod consent;
 pub mod context;
@@ -10,15 +11,18 @@ pub mod controller;
 pub mod crd;
 pub mod duration;
 pub mod endpoints;
+pub mod events;
 pub mod http;
+pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod oauth;
 pub mod plugin;
 pub mod publish;
-pub mod refresh;
+pub mod resolve;
 pub mod schedule;
 pub mod secrets;
 pub mod startup;
 pub mod state;
+pub mod state_store;
 pub mod token;

@@ -128,6 +128,41 @@ pub async fn publish(
     Ok(Published::Written)
 }
 
+/// Publishes the state's access token into the connection's workload Secret (a no-op when
+/// it already shows it, a restore when it was edited or deleted; never a token call).
+pub async fn publish_from_state(
+    ctx: &crate::context::Context,
+    conn: &crate::crd::ExactConnection,
+    r: &crate::resolve::Resolved,
+    state: &crate::state::ConnectionState,
+) -> Result<Published, kube::Error> {
+    use kube::{Resource, ResourceExt};
+    let (Some(token), Some(expires_at), Some(owner)) = (
+        &state.access_token,
+        state.times.access_token_expires_at,
+        conn.controller_owner_ref(&()),
+    ) else {
+        return Ok(Published::Unchanged);
+    };
+    let data = workload_data(&WorkloadToken {
+        access_token: token,
+        expires_at,
+        division: conn.spec.division.or(state.division),
+        api_base_url: &r.settings.api_base_url,
+    });
+    let name = conn.name_any();
+    let target = Target {
+        name: &r.target_name,
+        connection: &name,
+        owner: &owner,
+        labels: &conn.spec.target.labels,
+        annotations: &conn.spec.target.annotations,
+    };
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    publish(&api, &target, data).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,6 +213,12 @@ pub struct TokenEndpoint<'a> {
     pub client_secret: &'a SecretString,
 }
 
+impl crate::chain::TokenCaller for TokenEndpoint<'_> {
+    async fn call(&self, grant: Grant<'_>) -> TokenOutcome {
+        TokenEndpoint::call(self, grant).await
+    }
+}
+
 impl TokenEndpoint<'_> {
     /// Sends one token request; client credentials travel in the form body, as Exact wants.
     pub async fn call(&self, grant: Grant<'_>) -> TokenOutcome {

@@ -1,25 +1,29 @@
-//! Reconcile of ExactConnection, as a pipeline: dereference -> validate -> load state ->
-//! import bootstrap -> restore the workload Secret -> decide (pure schedule) -> refresh ->
-//! publish -> status.
+//! Reconcile of ExactConnection, read as its stages:
+//! resolve (dereference + validate) -> load (state, bootstrap import) -> decide (the chain
+//! core, pure) -> act (restore the workload Secret, exchange) -> report (publish, Events)
+//! -> status (projected by `status::write_status`).
 
-use super::deref::{dereference, Blocked, Resolved};
 use super::status::{write_status, Outcome};
 use super::Error;
+use crate::chain::{self, ChainGrant, ChainSpec, Decision, End, ExchangeEnd, ExchangeJob, Stored};
 use crate::conditions::reason;
 use crate::context::Context;
 use crate::crd::ExactConnection;
-use crate::publish::{publish, workload_data, Published, Target, WorkloadToken};
-use crate::refresh::{import_bootstrap, refresh, RefreshEnd, RefreshJob, StateHandle};
-use crate::schedule::{next_refresh, RefreshPolicy};
+use crate::events::event;
+use crate::identity::identify;
+use crate::publish::{publish_from_state, Published};
+use crate::resolve::{dereference, Blocked, Resolved};
 use crate::secrets::{load_state, state_secret_name, RefError};
 use crate::state::{digest, ConnectionState};
-use crate::token::{who_am_i, TokenEndpoint};
+use crate::state_store::StateHandle;
+use crate::token::TokenEndpoint;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use rand::Rng;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,222 +46,217 @@ pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<
     ))
 }
 
-pub(crate) async fn event(
-    ctx: &Context,
-    conn: &ExactConnection,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
+async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
+    let r = match dereference(conn, ctx).await? {
+        Ok(r) => r,
+        Err(Blocked { reason, message }) => return Ok(Outcome::not_ready(reason, message)),
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &conn.object_ref(&())).await {
-        tracing::warn!(error = %e, "publishing event failed");
+    let handle = state_handle(conn, ctx)?;
+    let stored = match load(conn, ctx, &r, &handle).await? {
+        Ok(stored) => stored,
+        Err(blocked) => return Ok(blocked),
+    };
+    let spec = chain_spec(conn, ctx, &r);
+    let now = Timestamp::now();
+    let decision = chain::decide(&stored.state, &r.policy, &spec, now);
+    // Restore the workload Secret from state when it was edited or deleted: no token call.
+    let restore = matches!(
+        decision,
+        Decision::Wait { restore: true, .. } | Decision::Call { restore: true }
+    );
+    if restore && publish_from_state(ctx, conn, &r, &stored.state).await? == Published::Conflict {
+        return Ok(conflict(&r).with_state(&stored.state, &r.policy));
+    }
+    match decision {
+        Decision::AwaitConsent => Ok(Outcome::not_ready(
+            reason::AWAITING_AUTHORIZATION,
+            "no refresh token yet: authorize the connection or set spec.refreshTokenSecretRef"
+                .into(),
+        )
+        .with_state(&stored.state, &r.policy)),
+        Decision::Dead(dead) => Ok(
+            Outcome::not_ready(reason_constant(&dead.reason), dead.message)
+                .with_state(&stored.state, &r.policy),
+        ),
+        Decision::Wait { .. } => Ok(steady(conn, &r, &spec, &stored.state, now)),
+        Decision::Call { .. } => refresh_now(conn, ctx, &r, &handle, stored).await,
     }
 }
 
-fn blocked(b: Blocked) -> Outcome {
-    Outcome::not_ready(b.reason, b.message)
-}
-
-async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
+fn state_handle(conn: &ExactConnection, ctx: &Context) -> Result<StateHandle, Error> {
     let ns = conn.namespace().ok_or(Error::MissingNamespace)?;
     let name = conn.name_any();
-    let owner = conn
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingNamespace)?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let handle = StateHandle {
-        api: secrets.clone(),
+    Ok(StateHandle {
+        api: Api::<Secret>::namespaced(ctx.client.clone(), &ns),
         name: state_secret_name(&name),
-        owner: owner.clone(),
-        connection: name.clone(),
-    };
+        owner: conn
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingNamespace)?,
+        connection: name,
+    })
+}
 
-    // Dereference + validate.
-    let r = match dereference(conn, ctx).await? {
-        Ok(r) => r,
-        Err(b) => return Ok(blocked(b)),
-    };
+fn chain_spec<'a>(conn: &ExactConnection, ctx: &'a Context, r: &'a Resolved) -> ChainSpec<'a> {
+    ChainSpec {
+        suspend: conn.spec.suspend,
+        fingerprint: &r.fingerprint,
+        holder: &ctx.identity,
+    }
+}
 
-    // Load state and import a new bootstrap token.
-    let mut stored = load_state(&secrets, &handle.name).await?;
+/// Loads the state and imports a bootstrap refresh token whose value is new. A dead chain
+/// whose inputs changed is marked alive again (the next write stores that).
+async fn load(
+    conn: &ExactConnection,
+    ctx: &Context,
+    r: &Resolved,
+    handle: &StateHandle,
+) -> Result<Result<Stored, Outcome>, Error> {
+    let loaded = load_state(&handle.api, &handle.name).await?;
+    let mut stored = Stored {
+        state: loaded.state,
+        version: loaded.resource_version,
+    };
     if let Some(bref) = &conn.spec.refresh_token_secret_ref {
+        let ns = conn.namespace().unwrap_or_default();
         match ctx
             .caches
-            .secret_key(&secrets, &ns, &bref.name, &bref.key)
+            .secret_key(&handle.api, &ns, &bref.name, &bref.key)
             .await
         {
             Ok(token) => {
                 let d = digest(token.expose_secret());
                 if stored.state.bootstrap_digest.as_deref() != Some(d.as_str()) {
                     let mut st = stored.state.clone();
-                    import_bootstrap(&mut st, token, d);
-                    let rv = handle
-                        .write(&st, stored.resource_version.as_deref())
-                        .await?;
-                    stored.state = st;
-                    stored.resource_version = Some(rv);
-                    event(
-                        ctx,
-                        conn,
-                        EventType::Normal,
-                        "BootstrapImported",
-                        format!("imported a refresh token from Secret {}", bref.name),
-                    )
-                    .await;
+                    chain::import_bootstrap(&mut st, token, d);
+                    let rv = handle.write(&st, stored.version.as_deref()).await?;
+                    stored = Stored {
+                        state: st,
+                        version: Some(rv),
+                    };
+                    let note = format!("imported a refresh token from Secret {}", bref.name);
+                    event(ctx, conn, EventType::Normal, "BootstrapImported", note).await;
                 }
             }
             Err(RefError::Api { source, .. }) => return Err(source.into()),
             Err(e) if stored.state.refresh_token.is_none() => {
-                return Ok(Outcome::not_ready(
+                return Ok(Err(Outcome::not_ready(
                     reason::AWAITING_AUTHORIZATION,
                     format!("bootstrap refresh token: {e}"),
-                ));
+                )));
             }
             // Already imported; the bootstrap Secret may be gone, which is fine.
             Err(_) => {}
         }
     }
-    let mut state = stored.state;
-    let mut rv = stored.resource_version;
-    if state.refresh_token.is_none() {
-        return Ok(Outcome::not_ready(
-            reason::AWAITING_AUTHORIZATION,
-            "no refresh token yet: authorize the connection or set spec.refreshTokenSecretRef"
-                .into(),
-        )
-        .with_state(&state, &r.policy));
-    }
-
-    // A dead chain stays dead until its inputs change.
-    if let Some(dead) = &state.dead {
-        if dead.fingerprint == r.fingerprint {
-            return Ok(
-                Outcome::not_ready(reason_constant(&dead.reason), dead.message.clone())
-                    .with_state(&state, &r.policy),
-            );
-        }
-        state.dead = None;
-    }
-
-    // Restore the workload Secret from state when it was edited or deleted: no token call.
-    let now = Timestamp::now();
-    if state.access_token_valid(now)
-        && publish_from_state(ctx, conn, &r, &state).await? == Published::Conflict
+    if stored
+        .state
+        .dead
+        .as_ref()
+        .is_some_and(|d| d.fingerprint != r.fingerprint)
     {
-        return Ok(conflict(&r).with_state(&state, &r.policy));
+        stored.state.dead = None;
     }
+    Ok(Ok(stored))
+}
 
-    // Decide.
-    let mut due = next_refresh(&r.policy, &state.times, conn.spec.suspend, now);
-    if let Some(nb) = state.not_before {
-        due = due.max(nb);
-    }
-    if let Some(claim) = state.claimed_by_other(&ctx.identity, now) {
-        due = due.max(claim.until);
-    }
-    if due > now {
-        return Ok(steady(conn, &r.policy, &state, due, now));
-    }
-
-    // Refresh.
-    let job = RefreshJob {
-        endpoint: TokenEndpoint {
-            http: &r.http,
-            url: &r.settings.token_url,
-            client_id: &r.client.spec.client_id,
-            client_secret: &r.client_secret,
-        },
+/// One exchange of the stored refresh token, then what its end means for the connection.
+async fn refresh_now(
+    conn: &ExactConnection,
+    ctx: &Context,
+    r: &Resolved,
+    handle: &StateHandle,
+    stored: Stored,
+) -> Result<Outcome, Error> {
+    let was_failing = stored.state.times.consecutive_failures > 0;
+    let endpoint = TokenEndpoint {
+        http: &r.http,
+        url: &r.settings.token_url,
+        client_id: &r.client.spec.client_id,
+        client_secret: &r.client_secret,
+    };
+    let job = ExchangeJob {
+        holder: &ctx.identity,
+        claim_ttl: ctx.settings.claim_ttl,
         policy: &r.policy,
         fingerprint: &r.fingerprint,
+        jitter: rand::thread_rng().gen_range(0.0..=1.0),
     };
-    let was_failing = state.times.consecutive_failures > 0;
-    match refresh(ctx, &handle, state, rv.take(), &job).await? {
-        RefreshEnd::Rotated {
-            mut state,
-            resource_version,
+    match chain::exchange(handle, &endpoint, stored, ChainGrant::Refresh, &job).await? {
+        ExchangeEnd::Done {
+            end,
+            state,
+            version,
+            label,
+            call_seconds,
         } => {
+            ctx.metrics.token_call(label, call_seconds);
+            tracing::info!(connection = %handle.connection, outcome = label, "token call");
+            report(conn, ctx, r, handle, end, state, version, was_failing).await
+        }
+        ExchangeEnd::NewerChainStored { label } | ExchangeEnd::ConsentLost { label } => {
+            ctx.metrics.token_call(label, 0.0);
+            tracing::info!(connection = %handle.connection, outcome = label, "token call; a newer chain was stored meanwhile");
+            Ok(Outcome::requeue_only(Duration::from_secs(1)))
+        }
+        ExchangeEnd::Contended => Ok(Outcome::requeue_only(Duration::from_secs(1))),
+    }
+}
+
+/// Publishes and tells what a persisted exchange ended in.
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    conn: &ExactConnection,
+    ctx: &Context,
+    r: &Resolved,
+    handle: &StateHandle,
+    end: End,
+    mut state: ConnectionState,
+    version: String,
+    was_failing: bool,
+) -> Result<Outcome, Error> {
+    let now = Timestamp::now();
+    let spec = chain_spec(conn, ctx, r);
+    match end {
+        End::Rotated => {
             // Me is asked only when the division is needed (an explicit division costs no
             // call); a consent always asks it, to know who consented.
             if conn.spec.division.is_none() && state.division.is_none() {
-                identify(ctx, conn, &r, &handle, &mut state, resource_version, false).await;
+                identify(ctx, conn, r, handle, &mut state, version, false).await;
             }
-            if publish_from_state(ctx, conn, &r, &state).await? == Published::Conflict {
-                return Ok(conflict(&r).with_state(&state, &r.policy));
+            if publish_from_state(ctx, conn, r, &state).await? == Published::Conflict {
+                return Ok(conflict(r).with_state(&state, &r.policy));
             }
-            if was_failing {
-                event(
-                    ctx,
-                    conn,
-                    EventType::Normal,
-                    "Recovered",
-                    "token refresh works again".into(),
-                )
-                .await;
-            } else if conn
+            let first = conn
                 .status
                 .as_ref()
                 .and_then(|s| s.last_refresh_time)
-                .is_none()
-            {
-                event(
-                    ctx,
-                    conn,
-                    EventType::Normal,
-                    "Authorized",
-                    "first access token published".into(),
-                )
-                .await;
+                .is_none();
+            if was_failing {
+                let note = "token refresh works again".to_string();
+                event(ctx, conn, EventType::Normal, "Recovered", note).await;
+            } else if first {
+                let note = "first access token published".to_string();
+                event(ctx, conn, EventType::Normal, "Authorized", note).await;
             }
-            let now = Timestamp::now();
-            let due = next_refresh(&r.policy, &state.times, conn.spec.suspend, now);
-            Ok(steady(conn, &r.policy, &state, due, now))
         }
-        RefreshEnd::Contended | RefreshEnd::NewerTokenExists => {
-            Ok(Outcome::requeue_only(Duration::from_secs(1)))
-        }
-        RefreshEnd::TooEarly { state } => {
-            let now = Timestamp::now();
-            let due = state.not_before.unwrap_or(now);
-            Ok(steady(conn, &r.policy, &state, due, now))
-        }
-        RefreshEnd::Dead { state } => {
-            let dead = state
+        End::Dead => {
+            let (why, message) = state
                 .dead
-                .clone()
-                .unwrap_or_else(|| crate::state::DeadChain {
-                    reason: reason::REAUTHORIZATION_REQUIRED.into(),
-                    message: String::new(),
-                    fingerprint: String::new(),
-                });
-            event(
-                ctx,
-                conn,
-                EventType::Warning,
-                &dead.reason,
-                dead.message.clone(),
-            )
-            .await;
-            Ok(
-                Outcome::not_ready(reason_constant(&dead.reason), dead.message)
-                    .with_state(&state, &r.policy),
-            )
+                .as_ref()
+                .map(|d| (d.reason.clone(), d.message.clone()))
+                .unwrap_or_else(|| (reason::REAUTHORIZATION_REQUIRED.into(), String::new()));
+            event(ctx, conn, EventType::Warning, &why, message.clone()).await;
+            return Ok(
+                Outcome::not_ready(reason_constant(&why), message).with_state(&state, &r.policy)
+            );
         }
-        RefreshEnd::Failed { state, reason: why } => {
-            if !was_failing {
-                event(ctx, conn, EventType::Warning, "RefreshFailing", why).await;
-            }
-            let now = Timestamp::now();
-            let due = state.not_before.unwrap_or(now);
-            Ok(steady(conn, &r.policy, &state, due, now))
+        End::Failed { reason: why } if !was_failing => {
+            event(ctx, conn, EventType::Warning, "RefreshFailing", why).await;
         }
+        End::Failed { .. } | End::TooEarly | End::CodeRefused { .. } => {}
     }
+    Ok(steady(conn, r, &spec, &state, now))
 }
 
 /// Maps a stored reason string to the static reason constant.
@@ -279,15 +278,24 @@ fn conflict(r: &Resolved) -> Outcome {
     )
 }
 
+/// The status of a chain that works (or is retrying), planned at the chain core's next due
+/// time.
 fn steady(
     conn: &ExactConnection,
-    policy: &RefreshPolicy,
+    r: &Resolved,
+    spec: &ChainSpec<'_>,
     state: &ConnectionState,
-    due: Timestamp,
     now: Timestamp,
 ) -> Outcome {
+    let (due, _) = chain::next_due(state, &r.policy, spec, now);
+    ready_outcome(conn, state, now)
+        .with_state(state, &r.policy)
+        .next_at(due, now)
+}
+
+fn ready_outcome(conn: &ExactConnection, state: &ConnectionState, now: Timestamp) -> Outcome {
     let failures = state.times.consecutive_failures;
-    let out = if conn.spec.suspend {
+    if conn.spec.suspend {
         Outcome::not_ready(
             reason::SUSPENDED,
             "suspended: only keep-alive refreshes of the refresh token".into(),
@@ -310,81 +318,5 @@ fn steady(
         Outcome::ready(reason::TOKEN_PUBLISHED, msg)
     } else {
         Outcome::not_ready(reason::PENDING, "waiting for the next token call".into())
-    };
-    out.with_state(state, policy).next_at(due, now)
-}
-
-pub(crate) async fn publish_from_state(
-    ctx: &Context,
-    conn: &ExactConnection,
-    r: &Resolved,
-    state: &ConnectionState,
-) -> Result<Published, Error> {
-    let (Some(token), Some(expires_at)) =
-        (&state.access_token, state.times.access_token_expires_at)
-    else {
-        return Ok(Published::Unchanged);
-    };
-    let division = conn.spec.division.or(state.division);
-    let data = workload_data(&WorkloadToken {
-        access_token: token,
-        expires_at,
-        division,
-        api_base_url: &r.settings.api_base_url,
-    });
-    let owner = conn
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingNamespace)?;
-    let name = conn.name_any();
-    let target = Target {
-        name: &r.target_name,
-        connection: &name,
-        owner: &owner,
-        labels: &conn.spec.target.labels,
-        annotations: &conn.spec.target.annotations,
-    };
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    Ok(publish(&api, &target, data).await?)
-}
-
-/// Learns who the token belongs to (`Me`: user, current division) and stores it.
-/// `new_consent`: the chain was just created by a consent, so a different user or division
-/// than before is news worth an Event (someone else took the connection over).
-pub(crate) async fn identify(
-    ctx: &Context,
-    conn: &ExactConnection,
-    r: &Resolved,
-    handle: &StateHandle,
-    state: &mut ConnectionState,
-    rv: String,
-    new_consent: bool,
-) {
-    let Some(token) = state.access_token.clone() else {
-        return;
-    };
-    match who_am_i(&r.http, &r.settings.api_base_url, &token).await {
-        Ok(me) => {
-            let change = state.record_me(&me, new_consent, conn.spec.division);
-            if let Err(e) = handle.write(state, Some(&rv)).await {
-                tracing::warn!(error = %e, "storing who the token belongs to failed; it is asked again later");
-            }
-            if let Some((old, new)) = change.user {
-                let note = format!(
-                    "this consent was given by a different Exact user (UserID {new}, before {old}): a different person or company now holds this connection"
-                );
-                event(ctx, conn, EventType::Warning, "ExactUserChanged", note).await;
-            }
-            if let (true, Some((old, new))) = (new_consent, change.division) {
-                let note = format!(
-                    "the consenting user's current division is {new} (before {old}); the token is published for {new}"
-                );
-                event(ctx, conn, EventType::Warning, "DivisionChanged", note).await;
-            }
-        }
-        Err(e) if conn.spec.division.is_none() && state.division.is_none() => {
-            event(ctx, conn, EventType::Warning, "DivisionDiscoveryFailed", e).await;
-        }
-        Err(e) => tracing::debug!(error = %e, "Me request failed; the user is asked again later"),
     }
 }

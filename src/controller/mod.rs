@@ -2,7 +2,6 @@
 
 pub mod client;
 pub mod connection;
-pub mod deref;
 pub mod status;
 
 use crate::context::Context;

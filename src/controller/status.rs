@@ -144,7 +144,7 @@ pub async fn write_status(
             .get(crate::crd::REFRESH_REQUEST_ANNOTATION)
             .cloned()
             .or(prev.handled_refresh_request.clone()),
-        secret_name: Some(super::deref::target_name(conn)),
+        secret_name: Some(crate::resolve::target_name(conn)),
         message: Some(message),
     };
     ctx.metrics.connection(

@@ -6,19 +6,20 @@
 use super::guard::query_params;
 use super::pages::{failure, success};
 use super::{OAuthState, UNAVAILABLE};
+use crate::chain::{self, ChainGrant, End, ExchangeEnd, ExchangeJob, StateStore};
 use crate::consent::{self, Grounds, StateClaims};
-use crate::controller::connection::{event, identify, publish_from_state};
-use crate::controller::deref::dereference;
 use crate::crd::ExactConnection;
-use crate::publish::Published;
-use crate::refresh::{apply_grant, StateHandle};
-use crate::secrets::{is_conflict, load_state, state_secret_name};
-use crate::state::Claim;
-use crate::token::{Grant, TokenEndpoint, TokenOutcome};
+use crate::events::event;
+use crate::identity::identify;
+use crate::publish::{publish_from_state, Published};
+use crate::resolve::dereference;
+use crate::secrets::state_secret_name;
+use crate::state_store::StateHandle;
+use crate::token::TokenEndpoint;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::EventType;
@@ -165,76 +166,71 @@ async fn exchange(
         owner,
         connection: claims.name.clone(),
     };
-    // Check the ticket's grounds against what is stored now, then spend the ticket and claim
-    // the connection in one conditional write: a concurrent change makes the write fail.
-    let stored = load_state(&handle.api, &handle.name).await?;
+    // Check the ticket's grounds against what is stored now; the exchange's claim write then
+    // spends the ticket too, conditional on that same version.
+    let mut stored = handle.load().await?;
     let annotation = conn
         .annotations()
         .get(consent::REAUTHORIZE_ANNOTATION)
         .map(String::as_str);
     consent::may_consent(&claims.grounds, &claims.nonce, &stored.state, annotation)
         .map_err(Refusal::Gate)?;
-    let now = Timestamp::now();
-    if stored.state.claimed_by_other(&ctx.identity, now).is_some() {
+    if stored
+        .state
+        .claimed_by_other(&ctx.identity, Timestamp::now())
+        .is_some()
+    {
         return Err(Refusal::Client(
             "a token call for this connection is in progress; start again in a minute".into(),
         ));
     }
-    let mut state = stored.state;
-    state.used_auth_nonces.push(claims.nonce.clone());
-    let skip = state.used_auth_nonces.len().saturating_sub(8);
-    state.used_auth_nonces.drain(..skip);
-    let ttl =
-        SignedDuration::try_from(ctx.settings.claim_ttl).unwrap_or(SignedDuration::from_secs(60));
-    state.claim = Some(Claim {
-        holder: ctx.identity.clone(),
-        until: now.saturating_add(ttl).unwrap_or(now),
-    });
-    let rv = match handle
-        .write(&state, stored.resource_version.as_deref())
-        .await
-    {
-        Ok(rv) => rv,
-        Err(e) if is_conflict(&e) => {
-            return Err(Refusal::Client(
-                "the connection changed meanwhile; nothing was done, start again".into(),
-            ))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let nonces = &mut stored.state.used_auth_nonces;
+    nonces.push(claims.nonce.clone());
+    nonces.drain(..nonces.len().saturating_sub(8));
+    let supersede = matches!(claims.grounds, Grounds::Reauthorize { .. });
+    if let Grounds::Reauthorize { requested_at } = &claims.grounds {
+        stored.state.handled_reauthorize = Some(requested_at.clone());
+    }
     let endpoint = TokenEndpoint {
         http: &r.http,
         url: &r.settings.token_url,
         client_id: &r.client.spec.client_id,
         client_secret: &r.client_secret,
     };
-    let sent_at = Timestamp::now();
-    let outcome = endpoint
-        .call(Grant::AuthorizationCode {
-            code: &code,
-            redirect_uri: &redirect_uri,
-        })
-        .await;
-    ctx.metrics
-        .token_call(crate::refresh::outcome_label(&outcome), 0.0);
-    state.claim = None;
-    match outcome {
-        TokenOutcome::Granted(grant) if grant.refresh_token.is_some() => {
-            apply_grant(&mut state, grant, &r.policy, sent_at, Timestamp::now());
-            let supersede = matches!(claims.grounds, Grounds::Reauthorize { .. });
-            if let Grounds::Reauthorize { requested_at } = &claims.grounds {
-                state.handled_reauthorize = Some(requested_at.clone());
-            }
-            // Nothing else holds these tokens: persist before anything else.
-            let rv = match handle.persist_new_chain(&state, Some(rv), supersede).await {
-                Ok(rv) => rv,
-                Err(_) => {
-                    return Err(Refusal::Client(
-                        "the connection got a working authorization by another way while this consent was completing; that one was kept".into(),
-                    ))
-                }
-            };
-            identify(ctx, conn, &r, &handle, &mut state, rv, true).await;
+    let job = ExchangeJob {
+        holder: &ctx.identity,
+        claim_ttl: ctx.settings.claim_ttl,
+        policy: &r.policy,
+        fingerprint: &r.fingerprint,
+        jitter: 0.0,
+    };
+    let grant = ChainGrant::Code {
+        code: &code,
+        redirect_uri: &redirect_uri,
+        supersede,
+    };
+    match chain::exchange(&handle, &endpoint, stored, grant, &job).await? {
+        ExchangeEnd::Contended => Err(Refusal::Client(
+            "the connection changed meanwhile; nothing was done, start again".into(),
+        )),
+        ExchangeEnd::Done {
+            end: End::CodeRefused { what },
+            label,
+            call_seconds,
+            ..
+        } => {
+            ctx.metrics.token_call(label, call_seconds);
+            Err(Refusal::Client(what))
+        }
+        ExchangeEnd::Done {
+            mut state,
+            version,
+            label,
+            call_seconds,
+            ..
+        } => {
+            ctx.metrics.token_call(label, call_seconds);
+            identify(ctx, conn, &r, &handle, &mut state, version, true).await;
             match publish_from_state(ctx, conn, &r, &state).await {
                 Ok(Published::Conflict) => Err(Refusal::Client(format!(
                     "authorized, but Secret {} belongs to something else; the token was not published",
@@ -244,20 +240,11 @@ async fn exchange(
                 Err(_) => Ok(()), // the reconcile publishes from state shortly
             }
         }
-        other => {
-            let _ = handle.write(&state, Some(&rv)).await;
-            let what = match other {
-                TokenOutcome::Granted(_) => "Exact granted no refresh token".to_string(),
-                TokenOutcome::InvalidGrant(d) => {
-                    format!("Exact refused the authorization code ({d}); start again")
-                }
-                TokenOutcome::InvalidClient(d) => {
-                    format!("Exact refused the client credentials ({d})")
-                }
-                TokenOutcome::Transient { reason, .. } => format!("{reason}; start again"),
-                _ => "Exact refused the authorization code; start again".to_string(),
-            };
-            Err(Refusal::Client(what))
+        ExchangeEnd::ConsentLost { label } | ExchangeEnd::NewerChainStored { label } => {
+            ctx.metrics.token_call(label, 0.0);
+            Err(Refusal::Client(
+                "the connection got a working authorization by another way while this consent was completing; that one was kept".into(),
+            ))
         }
     }
 }

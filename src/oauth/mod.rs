@@ -12,8 +12,8 @@ pub mod pages;
 
 use crate::consent::{self, SignedError, TICKET_PARAM};
 use crate::context::Context;
-use crate::controller::deref::dereference;
 use crate::crd::ExactConnection;
+use crate::resolve::dereference;
 use crate::secrets::{load_state, state_secret_name};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
