@@ -29,6 +29,7 @@
 
 mod admin;
 mod auth;
+mod clock;
 pub mod config;
 pub mod duration;
 mod faults;

@@ -1,6 +1,6 @@
 //! Per-client error budget (blocking) and per-division REST rate limits.
 
-use crate::state::SimTime;
+use crate::clock::SimTime;
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -12,8 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Simulated time: elapsed since the simulator started, plus any manual advance.
-pub type SimTime = Duration;
+pub use crate::clock::SimTime;
 
 /// Prune expired access tokens once the map grows past this size.
 const ACCESS_PRUNE_THRESHOLD: usize = 1024;

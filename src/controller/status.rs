@@ -102,16 +102,57 @@ pub async fn write_status(
     ctx: &Context,
     out: Outcome,
 ) -> Result<(), Error> {
-    let Some((ok, reason, message)) = out.ready else {
-        return Ok(());
-    };
     let uid = conn.uid().unwrap_or_default();
     let prev = ctx
         .caches
         .last_status(&uid, conn.metadata.resource_version.as_deref())
         .or_else(|| conn.status.clone())
         .unwrap_or_default();
-    let now = Timestamp::now();
+    let Some((status, reason)) = project(conn, ctx, out, &prev, Timestamp::now()) else {
+        return Ok(());
+    };
+    ctx.metrics.connection(
+        &conn.namespace().unwrap_or_default(),
+        &conn.name_any(),
+        reason,
+        &ConnectionTimes {
+            access_token_expires_at: status.access_token_expires_at,
+            refresh_token_expires_at: status.refresh_token_expires_at,
+            next_refresh_at: status.next_refresh_time,
+        },
+    );
+    if same_status(&prev, &status) {
+        return Ok(());
+    }
+    let api: Api<ExactConnection> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "exact-operator.io/v1alpha1",
+        "kind": "ExactConnection",
+        "status": status,
+    });
+    let written = api
+        .patch_status(
+            &conn.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.caches
+        .remember_status(&uid, written.metadata.resource_version.as_deref(), &status);
+    Ok(())
+}
+
+/// The status a reconcile's outcome projects to (with its Ready reason), given the status
+/// before; None leaves the status as it is.
+fn project(
+    conn: &ExactConnection,
+    ctx: &Context,
+    out: Outcome,
+    prev: &ExactConnectionStatus,
+    now: Timestamp,
+) -> Option<(ExactConnectionStatus, &'static str)> {
+    let (ok, reason, message) = out.ready?;
     let generation = conn.metadata.generation;
     let condition = ready(&prev.conditions, ok, reason, &message, generation, now);
     let status = ExactConnectionStatus {
@@ -147,36 +188,7 @@ pub async fn write_status(
         secret_name: Some(crate::resolve::target_name(conn)),
         message: Some(message),
     };
-    ctx.metrics.connection(
-        &conn.namespace().unwrap_or_default(),
-        &conn.name_any(),
-        reason,
-        &ConnectionTimes {
-            access_token_expires_at: status.access_token_expires_at,
-            refresh_token_expires_at: status.refresh_token_expires_at,
-            next_refresh_at: status.next_refresh_time,
-        },
-    );
-    if same_status(&prev, &status) {
-        return Ok(());
-    }
-    let api: Api<ExactConnection> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "exact-operator.io/v1alpha1",
-        "kind": "ExactConnection",
-        "status": status,
-    });
-    let written = api
-        .patch_status(
-            &conn.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    ctx.caches
-        .remember_status(&uid, written.metadata.resource_version.as_deref(), &status);
-    Ok(())
+    Some((status, reason))
 }
 
 /// The start link (with a fresh or still-good ticket) while a person's consent is what the

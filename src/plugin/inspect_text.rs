@@ -1,7 +1,7 @@
 //! The text rendering of `kubectl exact inspect` (the report itself is collected in
 //! [`super::inspect`]): pure, so it is unit-tested without a cluster.
 
-use super::inspect::{Report, EVENT_LIMIT};
+use super::inspect_report::{Report, EVENT_LIMIT};
 use super::table::{self, NONE};
 use crate::crd::Condition;
 use jiff::Timestamp;

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod events;
 pub mod inspect;
+pub mod inspect_report;
 pub mod inspect_text;
 pub mod progress;
 pub mod refresh;
