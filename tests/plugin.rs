@@ -580,6 +580,51 @@ async fn authorize_prints_the_operator_url_and_returns_once_consent_is_given() {
     assert!(rest.contains("acme is Ready (TokenPublished)"), "{rest}");
     let stats = sim.stats();
     assert_eq!(stats.totals.old_refresh_token_used, 0);
+
+    // Ready now: plain `authorize` points to --force; --force prints a new link and returns
+    // once a consent through it completed.
+    let run = plugin(&["authorize", "acme", "-n", &ns, "--timeout", "5s"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("--force"), "{run:?}");
+    let mut child = command(&[
+        "authorize",
+        "acme",
+        "-n",
+        &ns,
+        "--force",
+        "--timeout",
+        "60s",
+    ])
+    .spawn()
+    .expect("authorize --force starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let forced = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("reads stdout") {
+            if line.trim().starts_with("http") {
+                return line.trim().to_string();
+            }
+        }
+        panic!("no URL printed by --force");
+    })
+    .await
+    .expect("a re-authorization link is printed promptly");
+    assert_ne!(forced, url, "a new ticket");
+    let page = reqwest::get(&forced)
+        .await
+        .expect("the re-consent round trip");
+    assert_eq!(page.status().as_u16(), 200);
+    let mut rest = String::new();
+    while let Some(line) = lines.next_line().await.expect("reads stdout") {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("authorize --force returns")
+        .expect("authorize --force ran");
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(rest.contains("authorized again and Ready"), "{rest}");
+    assert_eq!(sim.stats().totals.old_refresh_token_used, 0);
     op.stop().await;
 }
 
