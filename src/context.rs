@@ -29,6 +29,10 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// Lifetime of an OAuth `state` (10 minutes).
     pub oauth_state_ttl: Duration,
+    /// After writing a workload Secret, patch an annotation on the pods that opted in with
+    /// the label `exact-operator.io/refresh-mounts` so the kubelet refreshes their Secret
+    /// volume at once (see `crate::nudge`).
+    pub nudge_mounting_pods: bool,
 }
 
 impl Default for Settings {
@@ -41,6 +45,7 @@ impl Default for Settings {
             watch_namespace: None,
             public_url: None,
             oauth_state_ttl: Duration::from_secs(600),
+            nudge_mounting_pods: false,
         }
     }
 }

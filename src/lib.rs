@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod nudge;
 pub mod oauth;
 pub mod plugin;
 pub mod publish;

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 while this process runs the controllers (leader, or leader election off).
     pub is_leader: Gauge,
+    /// Pod nudges after a token publish (`crate::nudge`), by outcome: patched, failed.
+    pub pod_nudges: Family<OutcomeLabel, Counter>,
     access_expiry: Family<ConnectionLabel, Gauge>,
     refresh_expiry: Family<ConnectionLabel, Gauge>,
     next_refresh: Family<ConnectionLabel, Gauge>,
@@ -82,6 +84,7 @@ impl Default for Metrics {
             reconcile_errors: Counter::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             is_leader: Gauge::default(),
+            pod_nudges: Family::default(),
             access_expiry: Family::default(),
             refresh_expiry: Family::default(),
             next_refresh: Family::default(),
@@ -113,6 +116,11 @@ impl Default for Metrics {
             "is_leader",
             "1 while this process runs the controllers",
             m.is_leader.clone(),
+        );
+        r.register(
+            "pod_nudges",
+            "Annotation patches on pods mounting a just-written workload Secret, by outcome",
+            m.pod_nudges.clone(),
         );
         r.register(
             "access_token_expiry_timestamp_seconds",

@@ -20,7 +20,7 @@ fn state_root() -> PathBuf {
 }
 
 /// A fresh state folder for this process: `target/tmp/testenv/<binary>-<pid>`.
-fn state_dir(prefix: Option<&str>) -> Result<PathBuf, String> {
+pub(super) fn state_dir(prefix: Option<&str>) -> Result<PathBuf, String> {
     let root = state_root();
     prune_stale(&root);
     let binary = std::env::current_exe()
