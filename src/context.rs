@@ -32,6 +32,10 @@ pub struct Settings {
     /// Lifetime of a start ticket in `status.authorizationUrl` (renewed in status when half
     /// of it is left, so a link read from status is good for at least half of it).
     pub consent_ticket_ttl: Duration,
+    /// After writing a workload Secret, patch an annotation on the pods that opted in with
+    /// the label `exact-operator.io/refresh-mounts` so the kubelet refreshes their Secret
+    /// volume at once (see `crate::nudge`).
+    pub nudge_mounting_pods: bool,
 }
 
 impl Default for Settings {
@@ -45,6 +49,7 @@ impl Default for Settings {
             public_url: None,
             oauth_state_ttl: Duration::from_secs(600),
             consent_ticket_ttl: Duration::from_secs(1800),
+            nudge_mounting_pods: false,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod leader;
 pub mod metrics;
+pub mod nudge;
 pub mod oauth;
 pub mod plugin;
 pub mod publish;

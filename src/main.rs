@@ -64,6 +64,12 @@ struct Args {
     /// operator namespace (use with more than one replica).
     #[arg(long, env = "EXACT_LEADER_ELECT")]
     leader_elect: bool,
+    /// After each write of a workload Secret, patch the annotation
+    /// exact-operator.io/token-published-at on the pods of its namespace labelled
+    /// exact-operator.io/refresh-mounts=<secret name>, so the kubelet refreshes their Secret
+    /// volume at once instead of at its next resync (60-90 s). Needs list and patch on pods.
+    #[arg(long, env = "EXACT_NUDGE_MOUNTING_PODS")]
+    nudge_mounting_pods: bool,
     /// Namespace of the operator's own Secrets and Lease (the OAuth state-signing key).
     #[arg(long, env = "POD_NAMESPACE", default_value = "exact-operator-system")]
     operator_namespace: String,
@@ -88,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         max_errors_per_hour: args.max_errors_per_hour,
         watch_namespace: args.namespace.filter(|n| !n.is_empty()),
         public_url: args.public_url.filter(|u| !u.is_empty()),
+        nudge_mounting_pods: args.nudge_mounting_pods,
         ..Settings::default()
     };
     let mut ctx = Context::new(client, identity(), settings, metrics.clone());

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub is_leader: Gauge,
     /// OAuth requests refused by the per-client-IP rate limit, by route.
     pub oauth_rate_limited: Family<RouteLabel, Counter>,
+    /// Pod nudges after a token publish (`crate::nudge`), by outcome: patched, failed.
+    pub pod_nudges: Family<OutcomeLabel, Counter>,
     access_expiry: Family<ConnectionLabel, Gauge>,
     refresh_expiry: Family<ConnectionLabel, Gauge>,
     next_refresh: Family<ConnectionLabel, Gauge>,
@@ -92,6 +94,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             is_leader: Gauge::default(),
             oauth_rate_limited: Family::default(),
+            pod_nudges: Family::default(),
             access_expiry: Family::default(),
             refresh_expiry: Family::default(),
             next_refresh: Family::default(),
@@ -134,6 +137,11 @@ impl Default for Metrics {
                 route: route.to_string(),
             }));
         }
+        r.register(
+            "pod_nudges",
+            "Annotation patches on pods mounting a just-written workload Secret, by outcome",
+            m.pod_nudges.clone(),
+        );
         r.register(
             "access_token_expiry_timestamp_seconds",
             "When each connection's published access token expires",

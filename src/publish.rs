@@ -160,7 +160,8 @@ pub async fn publish_from_state(
     };
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    publish(&api, &target, data).await
+    let published = publish(&api, &target, data).await?;
+    Ok(crate::nudge::after_publish(ctx, conn, &r.target_name, published).await)
 }
 
 #[cfg(test)]

@@ -133,9 +133,16 @@ RoleBinding, and a Deployment whose native sidecar (an initContainer with restar
 Kubernetes 1.29+) runs `exact-operator agent --secret <secret> --dir /var/run/exact` and shares
 the token files with the app container through an in-memory emptyDir.
 
+With --mount it prints instead a Deployment that mounts the token Secret as a volume, its pods
+labelled exact-operator.io/refresh-mounts=<secret> so an operator running with
+--nudge-mounting-pods (chart value nudgeMountingPods) refreshes the volume right after each
+token publish; without that the kubelet delivers the new token only at its next resync,
+60-90 s later, while Exact keeps the old one only 25 s.
+
 Examples:
   kubectl exact snippet acme -n finance > acme-app.yaml
-  kubectl exact snippet acme --image registry.local/exact-operator:v0.1.0 --app invoicing")]
+  kubectl exact snippet acme --image registry.local/exact-operator:v0.1.0 --app invoicing
+  kubectl exact snippet acme --mount")]
     Snippet {
         /// Name of the ExactConnection.
         connection: String,
@@ -145,6 +152,10 @@ Examples:
         /// Name of the Deployment and ServiceAccount (default: <connection>-app).
         #[arg(long, value_name = "NAME")]
         app: Option<String>,
+        /// Mount the token Secret as a volume (with the pod-nudge opt-in label) instead of
+        /// running the agent sidecar.
+        #[arg(long)]
+        mount: bool,
     },
 }
 
@@ -212,7 +223,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
             connection,
             image,
             app,
-        } => snippet::run(&session, &connection, image, app).await,
+            mount,
+        } => snippet::run(&session, &connection, image, app, mount).await,
     }
 }
 

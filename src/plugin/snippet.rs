@@ -1,6 +1,9 @@
 //! `kubectl exact snippet`: YAML for a workload that reads a connection's token through the
 //! token agent sidecar (`exact-operator agent`), with the least RBAC the agent needs: a
 //! ServiceAccount, a Role allowed to get/list/watch that one Secret, and its RoleBinding.
+//! With `--mount`: a workload mounting the token Secret as a volume instead, its pods
+//! labelled for the operator's pod nudge (`crate::nudge`), so the volume is refreshed at
+//! once after each publish instead of at the kubelet's next resync.
 
 use super::cluster::{workload_secret_name, Session};
 use super::{out, Error, EXIT_OK};
@@ -31,6 +34,8 @@ pub struct Params {
     pub image: String,
     /// Name of the Deployment and its ServiceAccount.
     pub app: String,
+    /// Mount the Secret as a volume (nudged) instead of running the agent.
+    pub mount: bool,
 }
 
 fn to_yaml<T: Serialize>(value: &T) -> Result<String, Error> {
@@ -41,8 +46,12 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, 
     serde_json::from_value(value).map_err(|e| Error::Render(e.to_string()))
 }
 
-/// The multi-document YAML: ServiceAccount, Role, RoleBinding, Deployment.
+/// The multi-document YAML: ServiceAccount, Role, RoleBinding, Deployment; with
+/// [`Params::mount`] only the Deployment mounting the Secret.
 pub fn render(p: &Params) -> Result<String, Error> {
+    if p.mount {
+        return render_mount(p);
+    }
     let ns = &p.namespace;
     let role = format!("{}-exact-token-reader", p.app);
     let labels = serde_json::json!({
@@ -143,12 +152,60 @@ pub fn render(p: &Params) -> Result<String, Error> {
     Ok(format!("{header}---\n{}", docs.join("---\n")))
 }
 
+/// A Deployment mounting the token Secret, its pods opted in to the operator's nudge.
+fn render_mount(p: &Params) -> Result<String, Error> {
+    let ns = &p.namespace;
+    let labels = serde_json::json!({
+        "app.kubernetes.io/name": p.app,
+        "exact-operator.io/connection": p.connection,
+    });
+    let mut pod_labels = labels.clone();
+    pod_labels[crate::nudge::LABEL] = serde_json::Value::String(p.secret.clone());
+    let deployment: Deployment = typed(serde_json::json!({
+        "metadata": {"name": p.app, "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": p.app}},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "volumes": [{"name": "exact-token", "secret": {"secretName": p.secret}}],
+                    "containers": [{
+                        "name": "app",
+                        "image": "registry.example.com/my-app:latest",
+                        "env": [
+                            {"name": "EXACT_TOKEN_FILE", "value": format!("{TOKEN_DIR}/access_token")},
+                            {"name": "EXACT_API_BASE_URL_FILE", "value": format!("{TOKEN_DIR}/api_base_url")},
+                        ],
+                        // Not a subPath mount: the kubelet never updates those.
+                        "volumeMounts": [{"name": "exact-token", "mountPath": TOKEN_DIR, "readOnly": true}],
+                    }],
+                },
+            },
+        },
+    }))?;
+    let header = format!(
+        "# Workload reading the Exact Online token of ExactConnection {ns}/{conn} from its Secret\n\
+         # {secret} mounted at {TOKEN_DIR}. The pods carry the label\n\
+         # {label}: {secret}, so an operator running with --nudge-mounting-pods\n\
+         # (chart value nudgeMountingPods: true) makes the kubelet refresh the volume right after each\n\
+         # token publish; without it the new token arrives at the kubelet's next resync (60-90 s),\n\
+         # while Exact keeps the old one only 25 s. Re-read the files before each call.\n\
+         # Replace the app container's image; apply with: kubectl apply -f <file>\n",
+        conn = p.connection,
+        secret = p.secret,
+        label = crate::nudge::LABEL,
+    );
+    Ok(format!("{header}---\n{}", to_yaml(&deployment)?))
+}
+
 /// Runs `snippet`: reads the connection for its Secret name and prints the YAML.
 pub async fn run(
     session: &Session,
     name: &str,
     image: String,
     app: Option<String>,
+    mount: bool,
 ) -> Result<u8, Error> {
     let conn = session.connection(name).await?;
     let params = Params {
@@ -157,6 +214,7 @@ pub async fn run(
         secret: workload_secret_name(&conn),
         image,
         app: app.unwrap_or_else(|| format!("{name}-app")),
+        mount,
     };
     out(&render(&params)?);
     Ok(EXIT_OK)
@@ -174,6 +232,7 @@ mod tests {
             secret: "acme-exact-token".into(),
             image: DEFAULT_IMAGE.into(),
             app: "acme-app".into(),
+            mount: false,
         }
     }
 
@@ -252,5 +311,37 @@ mod tests {
         let app_mount = &pod.containers[0].volume_mounts.as_ref().expect("mounts")[0];
         assert_eq!(app_mount.mount_path, TOKEN_DIR);
         assert_eq!(app_mount.read_only, Some(true));
+    }
+
+    #[test]
+    fn mount_variant_labels_the_pods_for_the_nudge() {
+        let mut p = params();
+        p.mount = true;
+        let yaml = render(&p).expect("renders");
+        let docs = docs(&yaml);
+        assert_eq!(
+            docs.len(),
+            1,
+            "only the Deployment: the kubelet mounts the Secret"
+        );
+        let d: Deployment = serde_yaml::from_value(docs[0].clone()).expect("a Deployment");
+        let template = d.spec.expect("spec").template;
+        let labels = template.metadata.expect("metadata").labels.expect("labels");
+        assert_eq!(
+            labels.get(crate::nudge::LABEL).map(String::as_str),
+            Some("acme-exact-token")
+        );
+        let pod = template.spec.expect("pod spec");
+        let volume = &pod.volumes.expect("volumes")[0];
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("acme-exact-token")
+        );
+        let mount = &pod.containers[0].volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(mount.sub_path, None, "subPath mounts are never updated");
+        assert!(pod.init_containers.is_none(), "no agent");
     }
 }

@@ -87,7 +87,7 @@ pub(super) fn existing_cluster() -> Result<ControlPlane, String> {
 
 /// Deletes state folders of finished runs: no process pid files left (the watchdog's
 /// `stop` removed them) and untouched for [`PRUNE_AFTER`]. Best effort.
-fn prune_stale(root: &Path) {
+pub(super) fn prune_stale(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };

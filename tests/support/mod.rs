@@ -44,6 +44,12 @@
 //! `${XDG_CACHE_HOME:-~/.cache}/exact-operator/testenv/v1.20.2/`, which the first run fills
 //! by building kube-apiserver from Debian source (5-10 minutes, once).
 //!
+//! # With nodes
+//!
+//! Tests that need pods call [`node::node_env`]: a separate cluster with
+//! kube-controller-manager, kube-scheduler and two real nodes (containerd + kubelet), the
+//! operator image imported, same watchdog. Test binaries that never call it never start it.
+//!
 //! # Using an existing cluster
 //!
 //! Set `EXACT_TEST_USE_EXISTING_CLUSTER=1` to use the cluster of the current kubeconfig
@@ -54,6 +60,7 @@
 
 mod control_plane;
 mod k8s;
+pub mod node;
 mod operator_identity;
 
 use std::path::PathBuf;
