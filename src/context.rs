@@ -68,6 +68,8 @@ pub struct Context {
     pub settings: Settings,
     /// Watch-backed caches.
     pub caches: crate::cache::Caches,
+    /// The token journal (None: answers go straight to the state Secret).
+    pub journal: Option<std::sync::Arc<crate::journal::Journal>>,
     /// Signs start tickets and OAuth states (None: no consent links are issued).
     pub consent_key: Option<crate::consent::SigningKey>,
     http: Mutex<HashMap<String, reqwest::Client>>,
@@ -93,6 +95,7 @@ impl Context {
             settings,
             caches: Default::default(),
             consent_key: None,
+            journal: None,
             http: Mutex::new(HashMap::new()),
         }
     }

@@ -14,6 +14,7 @@ pub mod endpoints;
 pub mod events;
 pub mod http;
 pub mod identity;
+pub mod journal;
 pub mod leader;
 pub mod metrics;
 pub mod nudge;

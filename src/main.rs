@@ -60,6 +60,11 @@ struct Args {
     /// (e.g. X-Forwarded-For; its last entry counts). Without it the peer address counts.
     #[arg(long, env = "EXACT_OAUTH_CLIENT_IP_HEADER")]
     oauth_client_ip_header: Option<axum::http::HeaderName>,
+    /// Keep each token answer in this directory (fsync'd, mode 0600) until it is in the state
+    /// Secret, and replay what a killed predecessor left there on start. Use a directory
+    /// that survives container restarts within the pod (the chart mounts a memory emptyDir).
+    #[arg(long, env = "EXACT_JOURNAL_DIR")]
+    journal_dir: Option<std::path::PathBuf>,
     /// Run the controllers only while holding the Lease `exact-operator-leader` in the
     /// operator namespace (use with more than one replica).
     #[arg(long, env = "EXACT_LEADER_ELECT")]
@@ -74,6 +79,9 @@ struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "exact-operator-system")]
     operator_namespace: String,
 }
+
+/// Entries older than Exact's refresh-token lifetime are worthless.
+const JOURNAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -104,6 +112,14 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("OAuth state key: {e}"))?;
         ctx.consent_key = Some(exact_operator::consent::SigningKey::new(key));
+    }
+    if let Some(dir) = &args.journal_dir {
+        let journal = exact_operator::journal::Journal::open(dir)
+            .map_err(|e| anyhow::anyhow!("token journal {}: {e}", dir.display()))?;
+        // Before any controller: a reconcile must not spend the old token of a chain whose
+        // rotated successor is still only in the journal.
+        exact_operator::startup::replay_journal(&ctx, &journal, JOURNAL_MAX_AGE).await;
+        ctx.journal = Some(Arc::new(journal));
     }
     let ctx = Arc::new(ctx);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)

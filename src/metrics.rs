@@ -69,6 +69,8 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     /// Reconcile duration in seconds.
     pub reconcile_duration: Histogram,
+    /// From a token answer in hand to its journal entry fsync'd, in seconds.
+    pub journal_write: Histogram,
     /// 1 while this process runs the controllers (leader, or leader election off).
     pub is_leader: Gauge,
     /// OAuth requests refused by the per-client-IP rate limit, by route.
@@ -92,6 +94,7 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Counter::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            journal_write: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
             is_leader: Gauge::default(),
             oauth_rate_limited: Family::default(),
             pod_nudges: Family::default(),
@@ -121,6 +124,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Reconcile duration",
             m.reconcile_duration.clone(),
+        );
+        r.register(
+            "journal_write_seconds",
+            "From a token answer in hand to its journal entry fsync'd",
+            m.journal_write.clone(),
         );
         r.register(
             "is_leader",

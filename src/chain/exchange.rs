@@ -32,6 +32,23 @@ pub enum WriteError<E> {
     Other(E),
 }
 
+/// What a journalled answer may overwrite when it is replayed (the persist rule of its
+/// exchange).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "rule", rename_all = "camelCase")]
+pub enum Entitlement {
+    /// A refresh: only while the stored chain is the one consumed (its SHA-256).
+    SameChain {
+        /// Digest of the consumed refresh token.
+        consumed: String,
+    },
+    /// A consent: over a chain that does not work, or anything with `supersede`.
+    Consent {
+        /// A requested re-authorization.
+        supersede: bool,
+    },
+}
+
 /// Where a chain's state lives.
 pub trait StateStore {
     /// Store errors (API server unavailable, ...).
@@ -45,6 +62,11 @@ pub trait StateStore {
         state: &ConnectionState,
         version: Option<&str>,
     ) -> impl Future<Output = Result<String, WriteError<Self::Error>>> + Send;
+    /// Keeps a new chain somewhere durable before it is persisted (the token journal), so
+    /// the death of the process before the write loses nothing. Default: nowhere.
+    fn journal(&self, _state: &ConnectionState, _entitlement: Entitlement) {}
+    /// The journalled chain is persisted (or superseded): the journal may drop it.
+    fn settle(&self) {}
 }
 
 /// The token endpoint.
@@ -201,6 +223,14 @@ pub async fn exchange<S: StateStore + Sync, C: TokenCaller + Sync>(
                 }
                 version = current.version;
             }
+            if end == End::Rotated {
+                store.journal(
+                    &state,
+                    Entitlement::SameChain {
+                        consumed: crate::state::digest(&consumed),
+                    },
+                );
+            }
             let same_chain = |current: &Stored| {
                 current
                     .state
@@ -209,7 +239,11 @@ pub async fn exchange<S: StateStore + Sync, C: TokenCaller + Sync>(
                     .map(|t| t.expose_secret() == consumed)
                     .unwrap_or(current.version.is_none())
             };
-            match persist(store, &state, version, same_chain).await {
+            let persisted = persist(store, &state, version, same_chain).await;
+            if end == End::Rotated {
+                store.settle();
+            }
+            match persisted {
                 Some(v) => Ok(done(state, v)),
                 None => Ok(ExchangeEnd::NewerChainStored { label }),
             }
@@ -220,8 +254,11 @@ pub async fn exchange<S: StateStore + Sync, C: TokenCaller + Sync>(
                 let v = store.write(&state, Some(&claimed)).await.unwrap_or(claimed);
                 return Ok(done(state, v));
             }
+            store.journal(&state, Entitlement::Consent { supersede });
             let may_replace = |current: &Stored| supersede || !current.state.has_working_chain();
-            match persist(store, &state, Some(claimed), may_replace).await {
+            let persisted = persist(store, &state, Some(claimed), may_replace).await;
+            store.settle();
+            match persisted {
                 Some(v) => Ok(done(state, v)),
                 None => Ok(ExchangeEnd::ConsentLost { label }),
             }

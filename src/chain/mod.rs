@@ -17,6 +17,7 @@ mod tests;
 
 pub use decide::{decide, next_due, ChainSpec, Decision, WaitWhy};
 pub use exchange::{
-    exchange, ChainGrant, ExchangeEnd, ExchangeJob, StateStore, Stored, TokenCaller, WriteError,
+    exchange, ChainGrant, Entitlement, ExchangeEnd, ExchangeJob, StateStore, Stored, TokenCaller,
+    WriteError,
 };
 pub use outcome::{apply_grant, import_bootstrap, on_outcome, outcome_label, End, OutcomeInputs};

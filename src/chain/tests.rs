@@ -18,6 +18,8 @@ use std::time::Duration;
 #[derive(Default)]
 struct FakeStore {
     inner: Mutex<StoreInner>,
+    /// What `journal` holds (a token journal on local disk in production).
+    journalled: Mutex<Option<(ConnectionState, Entitlement)>>,
 }
 
 #[derive(Default)]
@@ -109,6 +111,23 @@ impl StateStore for FakeStore {
         i.state = Some(state.clone());
         i.version += 1;
         Ok(i.version.to_string())
+    }
+    fn journal(&self, state: &ConnectionState, entitlement: Entitlement) {
+        *self.journalled.lock().expect("lock") = Some((state.clone(), entitlement));
+    }
+    fn settle(&self) {
+        *self.journalled.lock().expect("lock") = None;
+    }
+}
+
+impl FakeStore {
+    fn journalled_token(&self) -> Option<String> {
+        self.journalled
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .and_then(|(s, _)| s.refresh_token.as_ref())
+            .map(|t| t.expose_secret().to_string())
     }
 }
 
@@ -371,6 +390,11 @@ async fn dying_after_the_call_leaves_exactly_the_claim() {
         "the claim, nothing more"
     );
     assert_eq!(exact.calls(), 1);
+    assert_eq!(
+        store.journalled_token(),
+        Some(exact.current()),
+        "the rotated token is in the journal before the persist is tried"
+    );
 }
 
 #[tokio::test]

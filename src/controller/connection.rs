@@ -13,16 +13,14 @@ use crate::events::event;
 use crate::identity::identify;
 use crate::publish::{publish_from_state, Published};
 use crate::resolve::{dereference, Blocked, Resolved};
-use crate::secrets::{load_state, state_secret_name, RefError};
+use crate::secrets::{load_state, RefError};
 use crate::state::{digest, ConnectionState};
 use crate::state_store::StateHandle;
 use crate::token::TokenEndpoint;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use rand::Rng;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -84,16 +82,7 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
 }
 
 fn state_handle(conn: &ExactConnection, ctx: &Context) -> Result<StateHandle, Error> {
-    let ns = conn.namespace().ok_or(Error::MissingNamespace)?;
-    let name = conn.name_any();
-    Ok(StateHandle {
-        api: Api::<Secret>::namespaced(ctx.client.clone(), &ns),
-        name: state_secret_name(&name),
-        owner: conn
-            .controller_owner_ref(&())
-            .ok_or(Error::MissingNamespace)?,
-        connection: name,
-    })
+    StateHandle::for_connection(ctx, conn).ok_or(Error::MissingNamespace)
 }
 
 fn chain_spec<'a>(conn: &ExactConnection, ctx: &'a Context, r: &'a Resolved) -> ChainSpec<'a> {

@@ -13,17 +13,15 @@ use crate::events::event;
 use crate::identity::identify;
 use crate::publish::{publish_from_state, Published};
 use crate::resolve::dereference;
-use crate::secrets::state_secret_name;
 use crate::state_store::StateHandle;
 use crate::token::TokenEndpoint;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use secrecy::SecretString;
 
 pub(super) async fn handle(State(s): State<OAuthState>, RawQuery(raw): RawQuery) -> Response {
@@ -159,13 +157,7 @@ async fn exchange(
             "the ExactOAuthClient has no redirectUri".into(),
         ));
     };
-    let owner = conn.controller_owner_ref(&()).ok_or(Refusal::Unavailable)?;
-    let handle = StateHandle {
-        api: Api::<Secret>::namespaced(ctx.client.clone(), &claims.ns),
-        name: state_secret_name(&claims.name),
-        owner,
-        connection: claims.name.clone(),
-    };
+    let handle = StateHandle::for_connection(ctx, conn).ok_or(Refusal::Unavailable)?;
     // Check the ticket's grounds against what is stored now; the exchange's claim write then
     // spends the ticket too, conditional on that same version.
     let mut stored = handle.load().await?;
