@@ -80,8 +80,10 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 
+    /// Pins what a bare number means: integer milliseconds, as Exact writes lifetimes and as
+    /// exact-sim's parser reads them (tests/durations.rs compares both parsers).
     #[test]
-    fn integer_milliseconds_as_exact_writes_them() {
+    fn duration_bare_number_is_milliseconds() {
         assert_eq!(
             parse_duration("3599999"),
             Ok(Duration::from_millis(3_599_999))

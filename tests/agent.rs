@@ -10,7 +10,8 @@ mod support;
 use exact_operator::agent::{self, Agent, AgentArgs, AgentError};
 use exact_sim::{Sim, SimConfig};
 use futures::StreamExt;
-use harness::{bootstrap_connection, put_client, put_secret, Operator};
+use harness::process::percentile;
+use harness::{bootstrap_connection, put_app_client, put_secret, Operator};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -87,6 +88,24 @@ async fn wait_file(
     }
 }
 
+/// Waits (up to 10 s) until the agent's `access_token` file holds `want`; panics if never.
+async fn wait_token_file(dir: &Path, want: &str) {
+    let took = wait_file(
+        dir,
+        "access_token",
+        want,
+        Instant::now(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        took.is_some(),
+        "{}/access_token never held the expected token; holds {:?}",
+        dir.display(),
+        read(dir, "access_token").map(|t| t.len())
+    );
+}
+
 /// An RFC 3339 time `secs` from now.
 fn in_secs(secs: i64) -> String {
     jiff::Timestamp::now()
@@ -156,15 +175,7 @@ async fn files_follow_each_secret_change_within_a_second() {
     put_secret(&admin, &ns, "tok", &token_data("AT-0", &exp)).await;
     let agent = start(admin.clone(), args(&ns, "tok", dir.path())).await;
 
-    wait_file(
-        dir.path(),
-        "access_token",
-        "AT-0",
-        Instant::now(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("the first token is written");
+    wait_token_file(dir.path(), "AT-0").await;
     // access_token is written first, the other keys right after it.
     for (k, v) in token_data("AT-0", &exp) {
         wait_file(dir.path(), k, v, Instant::now(), ONE_SECOND)
@@ -235,15 +246,7 @@ async fn refresh_tokens_are_never_written_or_served() {
     let mut a = args(&ns, "tok", dir.path());
     a.http = Some("127.0.0.1:0".parse().expect("addr"));
     let agent = start(admin.clone(), a).await;
-    wait_file(
-        dir.path(),
-        "access_token",
-        "AT-rt",
-        Instant::now(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("token written");
+    wait_token_file(dir.path(), "AT-rt").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let files = listing(dir.path());
     assert!(
@@ -280,15 +283,7 @@ async fn files_are_replaced_atomically() {
         .collect();
     put_secret(&admin, &ns, "tok", &token_data(&values[0], &exp)).await;
     let agent = start(admin.clone(), args(&ns, "tok", dir.path())).await;
-    wait_file(
-        dir.path(),
-        "access_token",
-        &values[0],
-        Instant::now(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("first token");
+    wait_token_file(dir.path(), &values[0]).await;
 
     let allowed: Arc<BTreeSet<String>> = Arc::new(values.iter().cloned().collect());
     let stop = Arc::new(AtomicBool::new(false));
@@ -374,15 +369,7 @@ async fn http_endpoint_serves_json_and_health_and_refuses_non_loopback_binds() {
 
     let exp = in_secs(600);
     put_secret(&admin, &ns, "tok", &token_data("AT-http", &exp)).await;
-    wait_file(
-        dir.path(),
-        "access_token",
-        "AT-http",
-        Instant::now(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("token written");
+    wait_token_file(dir.path(), "AT-http").await;
     let r = reqwest::get(format!("http://{http}/token"))
         .await
         .expect("GET /token");
@@ -448,15 +435,7 @@ async fn keeps_the_last_token_when_the_secret_is_deleted_and_picks_up_a_new_one(
     a.http = Some("127.0.0.1:0".parse().expect("addr"));
     let agent = start(admin.clone(), a).await;
     let http = agent.http_addr().expect("http bound");
-    wait_file(
-        dir.path(),
-        "access_token",
-        "AT-1",
-        Instant::now(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("token written");
+    wait_token_file(dir.path(), "AT-1").await;
 
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
     secrets
@@ -586,15 +565,7 @@ async fn keeps_working_through_an_api_server_blip() {
     a.http = Some("127.0.0.1:0".parse().expect("addr"));
     let agent = start(via_proxy, a).await;
     let http = agent.http_addr().expect("http bound");
-    wait_file(
-        dir.path(),
-        "access_token",
-        "AT-before",
-        Instant::now(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("token written");
+    wait_token_file(dir.path(), "AT-before").await;
 
     // The blip: connections cut, API unreachable for 3 s; the Secret changes meanwhile.
     proxy.cut();
@@ -705,15 +676,7 @@ async fn runs_with_only_get_list_watch_on_its_one_secret() {
     );
 
     let agent = start(restricted, args(&ns, "tok", dir.path())).await;
-    wait_file(
-        dir.path(),
-        "access_token",
-        "AT-rbac-1",
-        Instant::now(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("the agent lists and watches with resourceNames-scoped RBAC");
+    wait_token_file(dir.path(), "AT-rbac-1").await;
     let t0 = Instant::now();
     put_secret(&admin, &ns, "tok", &token_data("AT-rbac-2", &in_secs(700))).await;
     let took = wait_file(
@@ -843,15 +806,6 @@ async fn the_binary_mirrors_the_secret_logs_no_tokens_and_stops_on_sigterm() {
 /// The simulated kubelet delay for compressed timing: 60 s scaled by 20/600.
 const KUBELET_DELAY: Duration = Duration::from_secs(2);
 
-/// Nearest-rank percentile of sorted `v`.
-fn percentile(v: &[Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
 /// The token a Secret held at `t`, from its change trace.
 fn token_at(trace: &[(Instant, String)], t: Instant) -> Option<&str> {
     trace
@@ -885,17 +839,9 @@ async fn freshness_the_agent_file_always_holds_a_valid_token() {
     let sim = Sim::start(cfg, "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("sim starts");
-    put_secret(
+    put_app_client(
         &admin,
         &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(
-        &admin,
-        &ns,
-        "app",
         &sim,
         serde_json::json!({"accessTokenExpiresIn": "20s", "refreshWindow": "5s"}),
     )

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(40);
 
+/// A namespace with the `control` connection, which must stay fine whatever else breaks.
 async fn setup() -> (Client, String, Sim) {
-    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
-    bootstrap_connection(&admin, &ns, &sim, "control", serde_json::json!({})).await;
+    let TestEnv { admin, ns, sim } = env_with_connections(&["control"]).await;
     (admin, ns, sim)
 }
 
@@ -362,13 +362,7 @@ async fn semantically_invalid_specs_and_secrets_are_reported_in_status() {
         "empty or not text",
     )
     .await;
-    put_connection(
-        &admin,
-        &ns,
-        "no-bootstrap",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "no-bootstrap").await;
     expect(
         &admin,
         &ns,

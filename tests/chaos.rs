@@ -24,12 +24,13 @@ mod harness;
 mod support;
 
 use chaos_support::bench::{short_token_sim, Bench, Finished, Kill};
-use chaos_support::operator::{free_loopback_addr, OperatorProcess};
+use chaos_support::operator::free_loopback_addr;
 use chaos_support::report::{mean, persist_windows, render, spread, Row};
 use chaos_support::{random_ms, random_string, secs, Output, Size};
 use exact_operator::crd::ExactConnection;
 use exact_sim::{Faults, SimConfig};
-use harness::{put_client, put_connection, wait_reason};
+use harness::process::OperatorProcess;
+use harness::{put_client, put_unauthorized_connection, wait_published};
 use kube::api::Api;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -469,7 +470,7 @@ async fn no_token_code_or_client_secret_appears_in_any_log() {
         ..short_token_sim(&secret)
     };
     let mut bench = Bench::new("secrecy", 6, &secret, cfg, &out).await;
-    let oauth = free_loopback_addr();
+    let oauth = free_loopback_addr().expect("free port");
     put_client(
         &bench.admin,
         &bench.ns,
@@ -556,13 +557,7 @@ async fn no_token_code_or_client_secret_appears_in_any_log() {
 /// Authorizes connection `name` through the operator's OAuth routes and exact-sim's
 /// auto-consent; returns the authorization code Exact issued.
 async fn consent(bench: &Bench, name: &str) -> String {
-    put_connection(
-        &bench.admin,
-        &bench.ns,
-        name,
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&bench.admin, &bench.ns, name).await;
     let api: Api<ExactConnection> = Api::namespaced(bench.admin.clone(), &bench.ns);
     let start = support::wait_for(Duration::from_secs(30), || async {
         api.get(name).await.ok()?.status?.authorization_url
@@ -590,14 +585,7 @@ async fn consent(bench: &Bench, name: &str) -> String {
         .expect("code in the callback");
     let page = http.get(&callback).send().await.expect("callback");
     assert_eq!(page.status().as_u16(), 200, "callback accepted");
-    wait_reason(
-        &bench.admin,
-        &bench.ns,
-        name,
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&bench.admin, &bench.ns, name).await;
     code
 }
 

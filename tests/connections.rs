@@ -4,19 +4,11 @@ mod harness;
 mod support;
 
 use exact_operator::crd::ExactConnection;
-use exact_sim::{Sim, SimConfig};
+use exact_sim::SimConfig;
 use harness::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use std::net::SocketAddr;
 use std::time::Duration;
-
-const LOCAL: &str = "127.0.0.1:0";
-
-async fn sim(cfg: SimConfig) -> Sim {
-    let addr: SocketAddr = LOCAL.parse().expect("addr");
-    Sim::start(cfg, addr).await.expect("sim starts")
-}
 
 #[tokio::test]
 async fn happy_path_rotates_on_time_and_never_publishes_the_refresh_token() {
@@ -24,14 +16,7 @@ async fn happy_path_rotates_on_time_and_never_publishes_the_refresh_token() {
     bootstrap_connection(&admin, &ns, &sim, "acme", serde_json::json!({})).await;
     let op = Operator::start(&ns, "op").await;
 
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     // At least 5 rotations after the first grant.
     let rotated = support::wait_for(Duration::from_secs(60), || async {
         sim.connection_stats("acme")
@@ -133,14 +118,7 @@ async fn explicit_division_and_custom_target() {
     )
     .await;
     let op = Operator::start(&ns, "op").await;
-    wait_reason(
-        &admin,
-        &ns,
-        "globex",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "globex").await;
     let data = secret_data(&admin, &ns, "globex-api")
         .await
         .expect("target secret");
@@ -168,7 +146,7 @@ async fn explicit_division_and_custom_target() {
 async fn client_problems_are_reported_and_recover_without_losing_the_chain() {
     let admin = support::admin_client().await;
     let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
+    let sim = start_sim(fast_sim()).await;
     // Client whose Secret does not exist yet.
     put_client(&admin, &ns, "app", &sim, serde_json::json!({})).await;
     bootstrap_connection(&admin, &ns, &sim, "acme", serde_json::json!({})).await;
@@ -208,14 +186,7 @@ async fn client_problems_are_reported_and_recover_without_losing_the_chain() {
         &[("client-secret", "secret-1")],
     )
     .await;
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     assert_eq!(sim.stats().totals.old_refresh_token_used, 0);
     op.stop().await;
 }
@@ -224,7 +195,7 @@ async fn client_problems_are_reported_and_recover_without_losing_the_chain() {
 async fn wrong_client_secret_stops_token_calls_until_fixed() {
     let admin = support::admin_client().await;
     let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
+    let sim = start_sim(fast_sim()).await;
     put_secret(
         &admin,
         &ns,
@@ -261,14 +232,7 @@ async fn wrong_client_secret_stops_token_calls_until_fixed() {
         &[("client-secret", "secret-1")],
     )
     .await;
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     op.stop().await;
 }
 
@@ -277,15 +241,8 @@ async fn namespace_not_allowed_by_client() {
     let admin = support::admin_client().await;
     let home = support::fresh_namespace(&admin).await;
     let other = support::fresh_namespace(&admin).await;
-    let sim = sim(fast_sim()).await;
-    put_secret(
-        &admin,
-        &home,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(&admin, &home, "app", &sim, serde_json::json!({})).await;
+    let sim = start_sim(fast_sim()).await;
+    put_app_client(&admin, &home, &sim, serde_json::json!({})).await;
     let token = sim.seed_connection("app-1", "x", None);
     put_secret(&admin, &other, "b", &[("refresh-token", &token)]).await;
     put_connection(
@@ -315,14 +272,7 @@ async fn namespace_not_allowed_by_client() {
         serde_json::json!({"allowedNamespaces": [other.clone()]}),
     )
     .await;
-    wait_reason(
-        &admin,
-        &other,
-        "x",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &other, "x").await;
     admin_op.stop().await;
 }
 
@@ -355,7 +305,7 @@ async fn foreign_and_shared_target_secrets_are_never_overwritten() {
         Duration::from_secs(30),
     )
     .await;
-    wait_reason(&admin, &ns, "b", "TokenPublished", Duration::from_secs(30)).await;
+    wait_published(&admin, &ns, "b").await;
     bootstrap_connection(
         &admin,
         &ns,
@@ -395,14 +345,7 @@ async fn edited_or_deleted_workload_secret_is_restored_without_a_token_call() {
     .await;
     bootstrap_connection(&admin, &ns, &sim, "acme", serde_json::json!({})).await;
     let op = Operator::start(&ns, "op").await;
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     let original = secret_data(&admin, &ns, "acme-exact-token")
         .await
         .expect("secret");
@@ -450,14 +393,7 @@ async fn bootstrap_secret_reimported_only_when_its_value_changes() {
     let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     let first = bootstrap_connection(&admin, &ns, &sim, "acme", serde_json::json!({})).await;
     let op = Operator::start(&ns, "op").await;
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     // GitOps re-applies the same (consumed) value, with an extra key to trigger a change.
     put_secret(
         &admin,
@@ -619,7 +555,7 @@ async fn suspended_connection_only_keeps_its_refresh_token_alive() {
 async fn private_ca_bundle_is_trusted_for_https_endpoints() {
     let admin = support::admin_client().await;
     let ns = support::fresh_namespace(&admin).await;
-    let sim = sim(SimConfig {
+    let sim = start_sim(SimConfig {
         tls: true,
         ..fast_sim()
     })
@@ -666,14 +602,7 @@ async fn private_ca_bundle_is_trusted_for_https_endpoints() {
     )
     .await;
     let op = Operator::start(&ns, "op").await;
-    wait_reason(
-        &admin,
-        &ns,
-        "trusted",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "trusted").await;
     let (_, _, msg) = wait_reason(
         &admin,
         &ns,

@@ -6,23 +6,16 @@ mod harness;
 mod support;
 
 use exact_sim::{Faults, Sim};
+use harness::process::{OperatorCommand, OperatorProcess};
 use harness::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::Client;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_operator(ns: &str, lease_ns: &str, pod: &str, leader_elect: bool) -> Proc {
+/// The operator binary with the operator's RBAC identity, watching `ns` (Lease in
+/// `lease_ns`); SIGKILLed when dropped.
+fn spawn_operator(ns: &str, lease_ns: &str, pod: &str, leader_elect: bool) -> OperatorProcess {
     spawn_operator_on(ns, lease_ns, pod, leader_elect, "127.0.0.1:0")
 }
 
@@ -32,34 +25,20 @@ fn spawn_operator_on(
     pod: &str,
     leader_elect: bool,
     metrics: &str,
-) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exact-operator"));
-    cmd.env("KUBECONFIG", support::operator_kubeconfig_path())
-        .env("POD_NAME", pod)
-        .env("RUST_LOG", "warn")
-        .args([
-            "--metrics-addr",
-            metrics,
-            "--namespace",
-            ns,
-            "--operator-namespace",
-            lease_ns,
-        ])
-        .args(["--max-errors-per-hour", "100"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if leader_elect {
-        cmd.arg("--leader-elect");
-    }
-    Proc(cmd.spawn().expect("spawn exact-operator"))
-}
-
-fn signal(p: &Proc, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &p.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+) -> OperatorProcess {
+    OperatorCommand::new(
+        env!("CARGO_BIN_EXE_exact-operator"),
+        support::operator_kubeconfig_path(),
+        ns,
+    )
+    .pod(pod)
+    .env("RUST_LOG", "warn")
+    .metrics_addr(metrics)
+    .args(["--operator-namespace", lease_ns])
+    .args(["--max-errors-per-hour", "100"])
+    .arg_if(leader_elect, "--leader-elect")
+    .spawn()
+    .expect("spawn exact-operator")
 }
 
 async fn holder(client: &Client, ns: &str) -> Option<String> {
@@ -72,10 +51,7 @@ async fn holder(client: &Client, ns: &str) -> Option<String> {
 }
 
 async fn setup(connections: &[&str]) -> (Client, String, Sim) {
-    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
-    for c in connections {
-        bootstrap_connection(&admin, &ns, &sim, c, serde_json::json!({})).await;
-    }
+    let TestEnv { admin, ns, sim } = env_with_connections(connections).await;
     (admin, ns, sim)
 }
 
@@ -91,7 +67,7 @@ fn refreshes(sim: &Sim, names: &[&str]) -> u64 {
 async fn only_the_leader_refreshes_and_a_follower_takes_over_after_sigkill() {
     let names = ["c1", "c2", "c3"];
     let (admin, ns, sim) = setup(&names).await;
-    let a = spawn_operator(&ns, &ns, "op-a", true);
+    let mut a = spawn_operator(&ns, &ns, "op-a", true);
     let leader = support::wait_for(Duration::from_secs(30), || async {
         holder(&admin, &ns).await.filter(|h| h.starts_with("op-a"))
     })
@@ -99,7 +75,7 @@ async fn only_the_leader_refreshes_and_a_follower_takes_over_after_sigkill() {
     assert!(leader.is_some(), "op-a becomes leader");
     let b = spawn_operator(&ns, &ns, "op-b", true);
     for n in names {
-        wait_reason(&admin, &ns, n, "TokenPublished", Duration::from_secs(30)).await;
+        wait_published(&admin, &ns, n).await;
     }
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
@@ -109,7 +85,7 @@ async fn only_the_leader_refreshes_and_a_follower_takes_over_after_sigkill() {
         "op-b stays follower"
     );
 
-    signal(&a, "-KILL");
+    a.sigkill();
     let killed_at = Instant::now();
     let before = refreshes(&sim, &names);
     let took_over = support::wait_for(Duration::from_secs(60), || async {
@@ -136,7 +112,7 @@ async fn only_the_leader_refreshes_and_a_follower_takes_over_after_sigkill() {
     assert_eq!(s.totals.old_refresh_token_used, 0);
     assert_eq!(s.totals.too_early, 0);
     for n in names {
-        wait_reason(&admin, &ns, n, "TokenPublished", Duration::from_secs(30)).await;
+        wait_published(&admin, &ns, n).await;
     }
     drop(b);
 }
@@ -154,20 +130,12 @@ async fn sigterm_restarts_finish_refreshes_in_flight_and_exit_promptly() {
     for round in 0..5 {
         let mut p = spawn_operator(&ns, &ns, &format!("op-{round}"), false);
         tokio::time::sleep(Duration::from_millis(3000 + 700 * round)).await;
-        signal(&p, "-TERM");
-        let t = Instant::now();
-        let exited = loop {
-            if let Ok(Some(status)) = p.0.try_wait() {
-                break Some(status);
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let status = exited.expect("operator exits after SIGTERM");
+        let (status, took) = p
+            .sigterm(Duration::from_secs(20))
+            .await
+            .expect("operator exits after SIGTERM");
         assert!(status.success(), "clean exit: {status:?}");
-        worst_exit = worst_exit.max(t.elapsed());
+        worst_exit = worst_exit.max(took);
     }
     println!("slowest SIGTERM exit: {worst_exit:?}");
     assert!(
@@ -199,14 +167,11 @@ async fn sigterm_restarts_finish_refreshes_in_flight_and_exit_promptly() {
 async fn metrics_and_probes_are_served() {
     let names = ["m1"];
     let (admin, ns, sim) = setup(&names).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = harness::process::free_loopback_addr()
+        .expect("free port")
+        .to_string();
     let _p = spawn_operator_on(&ns, &ns, "op-m", false, &addr);
-    wait_reason(&admin, &ns, "m1", "TokenPublished", Duration::from_secs(30)).await;
+    wait_published(&admin, &ns, "m1").await;
     let http = reqwest::Client::new();
     for probe in ["healthz", "readyz"] {
         let r = http

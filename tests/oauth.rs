@@ -91,13 +91,7 @@ async fn event_reasons(admin: &Client, ns: &str) -> Vec<String> {
 #[tokio::test]
 async fn one_click_authorization_then_replay_is_refused() {
     let (admin, ns, sim, op) = setup(Duration::from_secs(600)).await;
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     let (status, _, _) = wait_reason(
         &admin,
         &ns,
@@ -125,14 +119,7 @@ async fn one_click_authorization_then_replay_is_refused() {
         html.contains(&format!("{ns}/acme")) && html.contains("authorized"),
         "{html}"
     );
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     let data = secret_data(&admin, &ns, "acme-exact-token")
         .await
         .expect("workload secret");
@@ -183,13 +170,7 @@ async fn one_click_authorization_then_replay_is_refused() {
 #[tokio::test]
 async fn bad_callbacks_change_nothing() {
     let (admin, ns, sim, op) = setup(Duration::from_secs(600)).await;
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     let start = authorization_url(&admin, &ns, "acme").await;
     let base = op.oauth_url.clone().expect("url");
     let callback = callback_url(&start).await;
@@ -233,13 +214,7 @@ async fn bad_callbacks_change_nothing() {
         api.get_opt("acme").await.ok()?.is_none().then_some(())
     })
     .await;
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     let resp = reqwest::get(&callback).await.expect("callback");
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp
@@ -254,13 +229,7 @@ async fn bad_callbacks_change_nothing() {
 #[tokio::test]
 async fn expired_state_is_refused() {
     let (admin, ns, sim, op) = setup(Duration::from_secs(1)).await;
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     let start = authorization_url(&admin, &ns, "acme").await;
     let callback = callback_url(&start).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -295,14 +264,7 @@ async fn dead_chain_shows_the_consent_link_again_and_reconsent_recovers() {
     let start = authorization_url(&admin, &ns, "acme").await;
     let page = reqwest::get(&start).await.expect("follow the whole flow");
     assert_eq!(page.status().as_u16(), 200);
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     let data = secret_data(&admin, &ns, "acme-exact-token")
         .await
         .expect("secret");
@@ -380,14 +342,7 @@ async fn an_outsider_cannot_start_replace_or_hijack_a_ready_connection() {
     let link = authorization_url(&admin, &ns, "acme").await;
     let page = reqwest::get(&link).await.expect("one click");
     assert_eq!(page.status().as_u16(), 200);
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
 
     // beta: an outsider got hold of beta's link while it waited and went as far as Exact;
     // meanwhile beta became Ready another way (a bootstrap refresh token).
@@ -403,14 +358,7 @@ async fn an_outsider_cannot_start_replace_or_hijack_a_ready_connection() {
             "refreshTokenSecretRef": {"name": "beta-bootstrap", "key": "refresh-token"}}),
     )
     .await;
-    wait_reason(
-        &admin,
-        &ns,
-        "beta",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "beta").await;
     let acme_before = snapshot(&admin, &ns, "acme").await;
     let beta_before = snapshot(&admin, &ns, "beta").await;
     let codes_before = (sim.stats().totals.code_ok, sim.stats().totals.invalid_grant);
@@ -475,13 +423,7 @@ async fn an_outsider_cannot_start_replace_or_hijack_a_ready_connection() {
 #[tokio::test]
 async fn forced_reauthorization_replaces_the_chain_and_names_the_new_user() {
     let (admin, ns, sim, op) = setup(Duration::from_secs(600)).await;
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     let first = authorization_url(&admin, &ns, "acme").await;
     assert_eq!(
         reqwest::get(&first)
@@ -491,14 +433,7 @@ async fn forced_reauthorization_replaces_the_chain_and_names_the_new_user() {
             .as_u16(),
         200
     );
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     let api: Api<ExactConnection> = Api::namespaced(admin.clone(), &ns);
     let user_a = support::wait_for(Duration::from_secs(30), || async {
         api.get("acme").await.ok()?.status?.exact_user_id
@@ -561,13 +496,7 @@ async fn forced_reauthorization_replaces_the_chain_and_names_the_new_user() {
 async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     let (admin, ns, sim, op) = setup(Duration::from_secs(600)).await;
     let base = op.oauth_url.clone().expect("url");
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     let link = authorization_url(&admin, &ns, "acme").await;
     let callback = callback_url(&link).await;
     let state = state_of(&callback);
@@ -695,13 +624,7 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
         api.get_opt("acme").await.ok()?.is_none().then_some(())
     })
     .await;
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     let resp = http.get(&link).send().await.expect("start");
     assert_eq!(resp.status().as_u16(), 403);
     assert!(resp
@@ -725,14 +648,7 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
             .as_u16(),
         200
     );
-    wait_reason(
-        &admin,
-        &ns,
-        "acme",
-        "TokenPublished",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_published(&admin, &ns, "acme").await;
     op.stop().await;
 }
 

@@ -12,7 +12,6 @@ use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use kube::api::{Api, PostParams};
 use kube::Client;
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -58,38 +57,20 @@ async fn plugin(args: &[&str]) -> Run {
     finished(output)
 }
 
-async fn sim() -> Sim {
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    Sim::start(fast_sim(), addr).await.expect("sim starts")
-}
-
 /// A namespace with a working client `app` and, when `ready` names them, bootstrapped
 /// connections that have reached TokenPublished under a running operator.
-async fn setup(admin: &Client, sim: &Sim, ready: &[&str]) -> (String, Operator) {
-    let ns = support::fresh_namespace(admin).await;
-    put_secret(
-        admin,
-        &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(admin, &ns, "app", sim, serde_json::json!({})).await;
-    for name in ready {
-        bootstrap_connection(admin, &ns, sim, name, serde_json::json!({})).await;
-    }
+async fn setup(ready: &[&str]) -> (Client, String, Sim, Operator) {
+    let TestEnv { admin, ns, sim } = env_with_connections(ready).await;
     let op = Operator::start(&ns, "op").await;
     for name in ready {
-        wait_reason(admin, &ns, name, "TokenPublished", Duration::from_secs(30)).await;
+        wait_published(&admin, &ns, name).await;
     }
-    (ns, op)
+    (admin, ns, sim, op)
 }
 
 #[tokio::test]
 async fn status_lists_connections_and_exits_non_zero_when_one_is_not_ready() {
-    let admin = support::admin_client().await;
-    let sim = sim().await;
-    let (ns, op) = setup(&admin, &sim, &["acme"]).await;
+    let (admin, ns, _sim, op) = setup(&["acme"]).await;
 
     let run = plugin(&["status", "-n", &ns]).await;
     assert_eq!(run.code, 0, "all Ready: {run:?}");
@@ -197,9 +178,7 @@ async fn status_lists_connections_and_exits_non_zero_when_one_is_not_ready() {
 
 #[tokio::test]
 async fn inspect_shows_secret_keys_and_events_but_never_token_values() {
-    let admin = support::admin_client().await;
-    let sim = sim().await;
-    let (ns, op) = setup(&admin, &sim, &["acme"]).await;
+    let (admin, ns, _sim, op) = setup(&["acme"]).await;
     let before = secret_data(&admin, &ns, "acme-exact-token")
         .await
         .expect("workload secret");
@@ -317,9 +296,7 @@ async fn inspect_shows_secret_keys_and_events_but_never_token_values() {
 
 #[tokio::test]
 async fn refresh_sets_the_annotation_and_reports_what_the_operator_did() {
-    let admin = support::admin_client().await;
-    let sim = sim().await;
-    let (ns, op) = setup(&admin, &sim, &["acme"]).await;
+    let (admin, ns, sim, op) = setup(&["acme"]).await;
 
     let run = plugin(&["refresh", "acme", "-n", &ns, "--wait", "30s"]).await;
     assert_eq!(run.code, 0, "{run:?}");
@@ -387,9 +364,7 @@ async fn refresh_sets_the_annotation_and_reports_what_the_operator_did() {
 
 #[tokio::test]
 async fn authorize_explains_missing_urls_and_waits_until_ready() {
-    let admin = support::admin_client().await;
-    let sim = sim().await;
-    let (ns, op) = setup(&admin, &sim, &["acme"]).await;
+    let (admin, ns, sim, op) = setup(&["acme"]).await;
 
     // Bootstrapped and Ready: nothing to authorize, and it says why there is no URL.
     let run = plugin(&["authorize", "acme", "-n", &ns]).await;
@@ -483,42 +458,24 @@ async fn authorize_explains_missing_urls_and_waits_until_ready() {
 async fn authorize_prints_the_operator_url_and_returns_once_consent_is_given() {
     let admin = support::admin_client().await;
     let ns = support::fresh_namespace(&admin).await;
-    let sim = Sim::start(
-        exact_sim::SimConfig {
-            auto_consent: true,
-            ..fast_sim()
-        },
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await
-    .expect("sim starts");
+    let sim = start_sim(exact_sim::SimConfig {
+        auto_consent: true,
+        ..fast_sim()
+    })
+    .await;
     let op = Operator::start_with_oauth(&ns, "op", Duration::from_secs(600)).await;
     let callback = format!(
         "{}/oauth2/callback",
         op.oauth_url.clone().expect("oauth url")
     );
-    put_secret(
+    put_app_client(
         &admin,
         &ns,
-        "app-credentials",
-        &[("client-secret", "secret-1")],
-    )
-    .await;
-    put_client(
-        &admin,
-        &ns,
-        "app",
         &sim,
         serde_json::json!({"redirectUri": callback}),
     )
     .await;
-    put_connection(
-        &admin,
-        &ns,
-        "acme",
-        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
-    )
-    .await;
+    put_unauthorized_connection(&admin, &ns, "acme").await;
     wait_reason(
         &admin,
         &ns,

@@ -21,7 +21,9 @@ pub enum DurationError {
 
 /// Parses durations such as `600s`, `6s`, `500ms`, `5m`, `2h`, `30d`.
 ///
-/// A bare number is read as seconds.
+/// A bare number is read as milliseconds: that is how Exact writes lifetimes (`3599999`),
+/// and the operator's parser (`exact_operator::duration`) reads it the same way, so one
+/// value means the same lifetime on both sides.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let s = input.trim();
     if s.is_empty() {
@@ -33,8 +35,8 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         .parse()
         .map_err(|_| DurationError::BadNumber(input.to_string()))?;
     let millis_per_unit: u64 = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1_000,
+        "" | "ms" => 1,
+        "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
@@ -101,8 +103,20 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        assert_eq!(parse_duration("42s"), Ok(Duration::from_secs(42)));
         assert_eq!(parse_duration(" 7s "), Ok(Duration::from_secs(7)));
+    }
+
+    /// Pins what a bare number means: integer milliseconds, as Exact writes lifetimes and as
+    /// the operator's parser reads them (tests/durations.rs compares both parsers).
+    #[test]
+    fn duration_bare_number_is_milliseconds() {
+        assert_eq!(
+            parse_duration("3599999"),
+            Ok(Duration::from_millis(3_599_999))
+        );
+        assert_eq!(parse_duration("42"), Ok(Duration::from_millis(42)));
+        assert_eq!(parse_duration(" 600000 "), Ok(Duration::from_secs(600)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ Control:   GET /_sim/health, GET /_sim/stats, GET /_sim/token-valid?access_token
            GET /_sim/users[?all=true], POST /_sim/users/current-division {user,division},
            GET|PUT /_sim/faults {fault_500_ratio,latency_ms,empty_body_ratio,
            non_json_ratio,lost_response_ratio}, POST /_sim/advance {seconds|ms}
-Durations: 500ms, 6s, 600s, 5m, 2h, 30d (a bare number is seconds)
+Durations: 500ms, 6s, 600s, 5m, 2h, 30d; a bare number is milliseconds (Exact: 3599999)
 Logging:   RUST_LOG (default info) to stderr; token values are never logged.";
 
 /// A faithful Exact Online OAuth 2.0 / REST simulator.

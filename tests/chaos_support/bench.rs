@@ -3,8 +3,9 @@
 //! (did a kill lose a rotated refresh token?) and the final settle.
 
 use super::observe::{Observed, Observer};
-use super::operator::{OperatorOpts, OperatorProcess};
+use super::operator::OperatorOpts;
 use super::{random_string, secs, Output};
+use crate::harness::process::OperatorProcess;
 use crate::harness::{put_client, put_connection, put_secret};
 use crate::support;
 use exact_operator::crd::ExactConnection;
@@ -163,9 +164,9 @@ impl Bench {
 
     /// Starts one more operator process, `POD_NAME=<prefix>-<n>`.
     pub fn spawn(&mut self, prefix: &str) -> OperatorProcess {
-        let p = OperatorProcess::spawn(&self.opts, &format!("{prefix}-{}", self.spawned));
+        let p = self.opts.spawn(&format!("{prefix}-{}", self.spawned));
         self.spawned += 1;
-        self.logs.push(p.log.clone());
+        self.logs.extend(p.log.clone());
         p
     }
 

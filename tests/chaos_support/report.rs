@@ -2,6 +2,7 @@
 
 use super::bench::Finished;
 use super::secs;
+use crate::harness::process::percentile;
 use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -267,7 +268,7 @@ pub fn spread(sorted: &[Duration]) -> String {
     if sorted.is_empty() {
         return "no samples".into();
     }
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| percentile(sorted, q);
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     format!(
         "median {}, p95 {}, max {} (n={})",

@@ -1,6 +1,10 @@
 //! Harness for end-to-end tests: exact-sim in-process, the operator in-process (running
 //! with the operator's own RBAC identity), and helpers to create clients and connections.
+//! The operator as a separate process (and the percentile helper) is [`process`], shared
+//! with the exact-bench binary.
 #![allow(dead_code)]
+
+pub mod process;
 
 use crate::support;
 use exact_operator::context::{Context, Settings};
@@ -335,15 +339,51 @@ pub async fn test_env(cfg: SimConfig, client_extra: serde_json::Value) -> TestEn
     let admin = support::admin_client().await;
     let ns = support::fresh_namespace(&admin).await;
     let sim = start_sim(cfg).await;
+    put_app_client(&admin, &ns, &sim, client_extra).await;
+    TestEnv { admin, ns, sim }
+}
+
+/// The client every scenario uses: `app` pointing at `sim`, its secret `secret-1` in
+/// Secret `app-credentials`; `client_extra` is merged into the client's spec.
+pub async fn put_app_client(client: &Client, ns: &str, sim: &Sim, client_extra: serde_json::Value) {
     put_secret(
-        &admin,
-        &ns,
+        client,
+        ns,
         "app-credentials",
         &[("client-secret", "secret-1")],
     )
     .await;
-    put_client(&admin, &ns, "app", &sim, client_extra).await;
-    TestEnv { admin, ns, sim }
+    put_client(client, ns, "app", sim, client_extra).await;
+}
+
+/// A connection of client `app` without a refresh token: it waits for consent.
+pub async fn put_unauthorized_connection(client: &Client, ns: &str, name: &str) {
+    put_connection(
+        client,
+        ns,
+        name,
+        serde_json::json!({"clientRef": {"name": "app"}, "refreshBefore": "1s"}),
+    )
+    .await;
+}
+
+/// The most common start: a [`TestEnv`] on [`fast_sim`] timing with connections `names`
+/// bootstrapped from fresh sim chains of the same names (no operator runs yet).
+pub async fn env_with_connections(names: &[&str]) -> TestEnv {
+    let env = test_env(fast_sim(), serde_json::json!({})).await;
+    for name in names {
+        bootstrap_connection(&env.admin, &env.ns, &env.sim, name, serde_json::json!({})).await;
+    }
+    env
+}
+
+/// How long [`wait_published`] waits: several 6 s token lifetimes of [`fast_sim`].
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits (up to [`PUBLISH_TIMEOUT`]) until the connection is Ready with `TokenPublished`:
+/// the shape most scenarios wait for.
+pub async fn wait_published(client: &Client, ns: &str, name: &str) -> (String, String, String) {
+    wait_reason(client, ns, name, "TokenPublished", PUBLISH_TIMEOUT).await
 }
 
 /// Refreshes a simulator chain behind the operator's back, so `token` becomes an old one.

@@ -12,6 +12,9 @@
 
 mod cluster;
 mod fixtures;
+// Shared with the HA and chaos tests: one home for running the operator as a process.
+#[path = "../../../tests/harness/process.rs"]
+mod operator_process;
 mod phases;
 mod process;
 mod report;
@@ -24,7 +27,7 @@ use cluster::ControlPlane;
 use exact_operator::duration::parse_duration;
 use fixtures::Fixture;
 use phases::{Mark, Probes};
-use process::{cpu_seconds, status_kib, Operator, RssSampler};
+use process::{cpu_seconds, spawn_operator, status_kib, RssSampler};
 use report::{Params, Report};
 use sim::SimHandle;
 use std::path::PathBuf;
@@ -199,7 +202,7 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
     ));
     let pre_requests = cluster::scrape(&client).await?;
     let started = Instant::now();
-    let mut operator = Operator::spawn(
+    let mut operator = spawn_operator(
         &operator_bin,
         &plane.kubeconfig,
         &namespace,

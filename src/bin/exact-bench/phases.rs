@@ -4,7 +4,8 @@
 use crate::cluster::{self, Requests};
 use crate::fixtures::{self, Fixture};
 use crate::log;
-use crate::process::{cpu_seconds, Operator, RssSampler};
+use crate::operator_process::OperatorProcess;
+use crate::process::{cpu_seconds, RssSampler};
 use crate::report::{Burst, Phase, PhaseInput, Steady, SteadyInput};
 use crate::sim::{SimHandle, Stats};
 use crate::watch::FirstSeen;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Processes whose CPU the bench reads, and the operator's metrics.
 pub struct Probes<'a> {
-    pub operator: &'a Operator,
+    pub operator: &'a OperatorProcess,
     pub apiserver: Option<u32>,
     pub etcd: Option<u32>,
     pub client: &'a kube::Client,
@@ -69,7 +70,7 @@ pub async fn wait_all(
     seen: &FirstSeen,
     names: &[String],
     timeout: Duration,
-    operator: &Operator,
+    operator: &OperatorProcess,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_log = Instant::now();

@@ -1,8 +1,9 @@
 //! The operator as a separate process, and resource readings from /proc.
 
+use crate::operator_process::{free_loopback_addr, OperatorCommand, OperatorProcess};
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -30,92 +31,27 @@ pub fn sibling_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The running operator; SIGTERM then SIGKILL on drop.
-pub struct Operator {
-    child: Child,
-    /// Its `--metrics-addr`.
-    pub metrics_url: String,
-}
-
-impl Operator {
-    /// Starts `binary` watching `namespace` with the given kubeconfig.
-    pub fn spawn(
-        binary: &Path,
-        kubeconfig: &Path,
-        namespace: &str,
-        log_level: &str,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let file = std::fs::File::create(log)?;
-        let child = Command::new(binary)
-            .args(["--namespace", namespace])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--log-level", log_level])
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-        Ok(Operator {
-            child,
-            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-        })
-    }
-
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it still runs (exists and is no zombie; it is reaped only by `stop`).
-    pub fn alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
-            .unwrap_or(false)
-    }
-
-    /// A counter or gauge from its /metrics (first sample of `name`).
-    pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest::get(&self.metrics_url)
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    /// Graceful stop (SIGTERM, 20 s), then kill.
-    pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..200 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.stop();
-        }
-    }
+/// Starts `binary` watching `namespace` with the given kubeconfig, everything it prints in
+/// `log`; it stops gracefully (SIGTERM, then SIGKILL after 20 s) on drop. The process
+/// handling itself is the tests' (`tests/harness/process.rs`), so the bench measures the
+/// operator started the way the HA and chaos tests start it.
+pub fn spawn_operator(
+    binary: &Path,
+    kubeconfig: &Path,
+    namespace: &str,
+    log_level: &str,
+    log: &Path,
+) -> anyhow::Result<OperatorProcess> {
+    let metrics = free_loopback_addr()?.to_string();
+    OperatorCommand::new(binary, kubeconfig, namespace)
+        .metrics_addr(&metrics)
+        .args(["--log-level", log_level])
+        // --log-level decides, not whatever RUST_LOG the bench was started with.
+        .env_remove("RUST_LOG")
+        .log(log)
+        .stdout_to_log()
+        .stop_gracefully_on_drop()
+        .spawn()
 }
 
 /// User + system CPU seconds of a process (/proc/PID/stat fields 14 and 15).

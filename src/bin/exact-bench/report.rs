@@ -1,6 +1,7 @@
 //! Figures and their markdown rendering.
 
 use crate::cluster::Requests;
+use crate::operator_process::percentile;
 use crate::sim::Stats;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -317,15 +318,6 @@ impl Burst {
     }
 }
 
-/// Nearest-rank percentile of sorted values (0 when empty).
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn pct(part: usize, whole: usize) -> f64 {
     if whole == 0 {
         0.0
@@ -543,7 +535,7 @@ mod tests {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 0.5), 50.0);
         assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
+        assert_eq!(percentile::<f64>(&[], 0.5), 0.0);
         assert_eq!(percentile(&[7.0], 0.99), 7.0);
     }
 }
