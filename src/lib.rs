@@ -22,3 +22,4 @@ pub mod secrets;
 pub mod startup;
 pub mod state;
 pub mod token;
+pub mod webhook;

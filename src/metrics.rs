@@ -73,6 +73,10 @@ pub struct Metrics {
     pub is_leader: Gauge,
     /// OAuth requests refused by the per-client-IP rate limit, by route.
     pub oauth_rate_limited: Family<RouteLabel, Counter>,
+    /// Webhook messages by outcome (forwarded, bad_signature, too_large, ...).
+    pub webhook_messages: Family<OutcomeLabel, Counter>,
+    /// Duration of webhook deliveries to targets in seconds.
+    pub webhook_forward_duration: Histogram,
     access_expiry: Family<ConnectionLabel, Gauge>,
     refresh_expiry: Family<ConnectionLabel, Gauge>,
     next_refresh: Family<ConnectionLabel, Gauge>,
@@ -92,6 +96,8 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             is_leader: Gauge::default(),
             oauth_rate_limited: Family::default(),
+            webhook_messages: Family::default(),
+            webhook_forward_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             access_expiry: Family::default(),
             refresh_expiry: Family::default(),
             next_refresh: Family::default(),
@@ -134,6 +140,21 @@ impl Default for Metrics {
                 route: route.to_string(),
             }));
         }
+        r.register(
+            "webhook_messages",
+            "Webhook messages received, by outcome",
+            m.webhook_messages.clone(),
+        );
+        for outcome in crate::webhook::receiver::OUTCOMES {
+            drop(m.webhook_messages.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            }));
+        }
+        r.register(
+            "webhook_forward_duration_seconds",
+            "Duration of webhook deliveries to their targets",
+            m.webhook_forward_duration.clone(),
+        );
         r.register(
             "access_token_expiry_timestamp_seconds",
             "When each connection's published access token expires",
