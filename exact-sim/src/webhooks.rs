@@ -90,16 +90,16 @@ fn caller(
     shared: &Shared,
     headers: &HeaderMap,
     division: String,
-) -> Result<(String, i64), Response> {
+) -> Result<(String, i64), Box<Response>> {
     let mut st = lock(shared);
-    let a = admit(&mut st, headers, Division::Path(division)).map_err(|r| *r)?;
+    let a = admit(&mut st, headers, Division::Path(division))?;
     let client = st
         .chains
         .iter()
         .rev()
         .find(|c| c.name == a.name)
         .map(|c| c.client_id.clone())
-        .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        .ok_or_else(|| Box::new(StatusCode::INTERNAL_SERVER_ERROR.into_response()))?;
     Ok((client, a.division))
 }
 
@@ -115,7 +115,7 @@ pub async fn list(
     }
     let (client, division) = match caller(&shared, &headers, division) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let st = lock(&shared);
     let results: Vec<_> = st
@@ -149,7 +149,7 @@ pub async fn create(
     }
     let (client, division) = match caller(&shared, &headers, division) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(req) = serde_json::from_slice::<CreateBody>(&body) else {
         return odata_error(
@@ -210,7 +210,7 @@ pub async fn delete(
     };
     let (client, division) = match caller(&shared, &headers, division) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut st = lock(&shared);
     let ours = st

@@ -149,6 +149,9 @@ async fn plan(
         api_base_url: &linked.resolved.settings.api_base_url,
         token: &token.access_token,
     };
+    if let Err(e) = leave_old_division(sub, ctx, &exact, division).await {
+        return Ok(Err(exact_failure(&e)));
+    }
     match sync(sub, ctx, &exact, division, &callback).await {
         Ok(subscriptions) => Ok(Ok(Outcome {
             ready: Ok(format!(
@@ -161,6 +164,37 @@ async fn plan(
         })),
         Err(e) => Ok(Err(exact_failure(&e))),
     }
+}
+
+/// When the division changed (spec or the connection's), the subscriptions in the old one
+/// would keep sending messages nobody asked for: delete them first.
+async fn leave_old_division(
+    sub: &ExactWebhookSubscription,
+    ctx: &Context,
+    exact: &ExactApi<'_>,
+    division: i64,
+) -> Result<(), ApiError> {
+    let Some(st) = sub.status.as_ref() else {
+        return Ok(());
+    };
+    let Some(old) = st.division.filter(|d| *d != division) else {
+        return Ok(());
+    };
+    for s in &st.subscriptions {
+        exact.delete(old, &s.id).await?;
+        event(
+            ctx,
+            sub,
+            EventType::Normal,
+            "SubscriptionDeleted",
+            format!(
+                "deleted subscription {} for topic {} in division {old} (now {division})",
+                s.id, s.topic
+            ),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 fn exact_failure(e: &ApiError) -> NotReady {
@@ -204,9 +238,11 @@ async fn sync(
         .into_iter()
         .filter(|r| r.callback_url == callback)
         .collect();
+    // Only subscriptions we held in this division can have "disappeared".
     let previous = sub
         .status
         .as_ref()
+        .filter(|s| s.division == Some(division))
         .map(|s| s.subscriptions.clone())
         .unwrap_or_default();
     let mut active = Vec::new();

@@ -61,13 +61,17 @@ impl Default for ReceiverSettings {
     }
 }
 
+/// Delivery slots per subscription (namespace, name). Only subscriptions that exist get an
+/// entry (the lookup comes first), so the map is as large as the set of subscriptions.
+type Slots = Mutex<HashMap<(String, String), Arc<Semaphore>>>;
+
 /// Shared state of the route.
 #[derive(Clone)]
 pub struct ReceiverState {
     ctx: Arc<Context>,
     settings: ReceiverSettings,
     http: reqwest::Client,
-    slots: Arc<Mutex<HashMap<(String, String), Arc<Semaphore>>>>,
+    slots: Arc<Slots>,
 }
 
 impl ReceiverState {
