@@ -8,6 +8,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use crate::webhook::crd::{
+    ExactWebhookSubscription, ExactWebhookSubscriptionSpec, ExactWebhookSubscriptionStatus,
+};
+
 /// API group of both kinds.
 pub const GROUP: &str = "exact-operator.io";
 

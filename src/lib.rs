@@ -28,3 +28,4 @@ pub mod startup;
 pub mod state;
 pub mod state_store;
 pub mod token;
+pub mod webhook;

@@ -17,6 +17,18 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Every outcome label of `exact_operator_webhook_messages_total`.
+pub const WEBHOOK_OUTCOMES: [&str; 8] = [
+    "forwarded",
+    "bad_signature",
+    "malformed",
+    "too_large",
+    "target_failed",
+    "unknown_subscription",
+    "validation",
+    "unavailable",
+];
+
 /// Label of OAuth-route series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
@@ -77,6 +89,10 @@ pub struct Metrics {
     pub oauth_rate_limited: Family<RouteLabel, Counter>,
     /// Pod nudges after a token publish (`crate::nudge`), by outcome: patched, failed.
     pub pod_nudges: Family<OutcomeLabel, Counter>,
+    /// Webhook messages by outcome (forwarded, bad_signature, too_large, ...).
+    pub webhook_messages: Family<OutcomeLabel, Counter>,
+    /// Duration of webhook deliveries to targets in seconds.
+    pub webhook_forward_duration: Histogram,
     access_expiry: Family<ConnectionLabel, Gauge>,
     refresh_expiry: Family<ConnectionLabel, Gauge>,
     next_refresh: Family<ConnectionLabel, Gauge>,
@@ -98,6 +114,8 @@ impl Default for Metrics {
             is_leader: Gauge::default(),
             oauth_rate_limited: Family::default(),
             pod_nudges: Family::default(),
+            webhook_messages: Family::default(),
+            webhook_forward_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             access_expiry: Family::default(),
             refresh_expiry: Family::default(),
             next_refresh: Family::default(),
@@ -149,6 +167,21 @@ impl Default for Metrics {
             "pod_nudges",
             "Annotation patches on pods mounting a just-written workload Secret, by outcome",
             m.pod_nudges.clone(),
+        );
+        r.register(
+            "webhook_messages",
+            "Webhook messages received, by outcome",
+            m.webhook_messages.clone(),
+        );
+        for outcome in WEBHOOK_OUTCOMES {
+            drop(m.webhook_messages.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            }));
+        }
+        r.register(
+            "webhook_forward_duration_seconds",
+            "Duration of webhook deliveries to their targets",
+            m.webhook_forward_duration.clone(),
         );
         r.register(
             "access_token_expiry_timestamp_seconds",

@@ -22,7 +22,6 @@
 use crate::context::Context;
 use crate::crd::ExactConnection;
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::publish::Published;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
@@ -42,30 +41,24 @@ const NUDGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest label value Kubernetes accepts.
 const MAX_LABEL_VALUE: usize = 63;
 
-/// Called right after the workload Secret `secret` of `conn` was published: nudges its
-/// mounting pods when it was actually written and nudging is enabled. Returns `published`
-/// unchanged, so the call site stays a single expression.
-pub async fn after_publish(
-    ctx: &Context,
-    conn: &ExactConnection,
-    secret: &str,
-    published: Published,
-) -> Published {
-    if published == Published::Written && ctx.settings.nudge_mounting_pods {
-        let namespace = conn.namespace().unwrap_or_default();
-        let namespace = namespace.as_str();
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-        let round = nudge_pods(&api, &ctx.metrics, secret);
-        if tokio::time::timeout(NUDGE_TIMEOUT, round).await.is_err() {
-            count(&ctx.metrics, "failed");
-            tracing::warn!(
-                namespace,
-                secret,
-                "nudging mounting pods timed out; the kubelet resync delivers the token later"
-            );
-        }
+/// Called right after the workload Secret `secret` of `conn` was written: nudges its
+/// mounting pods when nudging is enabled.
+pub async fn after_write(ctx: &Context, conn: &ExactConnection, secret: &str) {
+    if !ctx.settings.nudge_mounting_pods {
+        return;
     }
-    published
+    let namespace = conn.namespace().unwrap_or_default();
+    let namespace = namespace.as_str();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let round = nudge_pods(&api, &ctx.metrics, secret);
+    if tokio::time::timeout(NUDGE_TIMEOUT, round).await.is_err() {
+        count(&ctx.metrics, "failed");
+        tracing::warn!(
+            namespace,
+            secret,
+            "nudging mounting pods timed out; the kubelet resync delivers the token later"
+        );
+    }
 }
 
 /// Lists the opted-in pods of `secret` and patches [`ANNOTATION`] on each pod that mounts

@@ -161,7 +161,10 @@ pub async fn publish_from_state(
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     let published = publish(&api, &target, data).await?;
-    Ok(crate::nudge::after_publish(ctx, conn, &r.target_name, published).await)
+    if published == Published::Written {
+        crate::nudge::after_write(ctx, conn, &r.target_name).await;
+    }
+    Ok(published)
 }
 
 #[cfg(test)]

@@ -37,9 +37,10 @@ pub fn identity() -> String {
 }
 
 /// The CRDs the operator serves.
-pub const CRD_NAMES: [&str; 2] = [
+pub const CRD_NAMES: [&str; 3] = [
     "exactoauthclients.exact-operator.io",
     "exactconnections.exact-operator.io",
+    "exactwebhooksubscriptions.exact-operator.io",
 ];
 
 /// Fails with a clear message when a CRD is missing.

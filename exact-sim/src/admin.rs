@@ -214,4 +214,49 @@ pub fn routes() -> Router<Shared> {
         .route("/_sim/advance", post(advance))
         .route("/_sim/users", get(users))
         .route("/_sim/users/current-division", post(current_division))
+        .route("/_sim/webhooks", get(webhook_list))
+        .route("/_sim/webhooks/fire", post(webhook_fire))
+        .route("/_sim/webhooks/delete", post(webhook_delete))
+}
+
+async fn webhook_list(AxState(s): AxState<Shared>) -> Response {
+    Json(lock(&s).webhooks.all()).into_response()
+}
+
+#[derive(Deserialize)]
+struct FireRequest {
+    id: String,
+    #[serde(flatten)]
+    opts: crate::webhooks::FireOptions,
+}
+
+/// Fires one message: `{"id": ..., "signature": "valid"|"wrong"|"missing", "action",
+/// "key", "pad_to"}` -> `{"body", "status"}`.
+async fn webhook_fire(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    let req: FireRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    match crate::webhooks::fire(&s, &req.id, &req.opts).await {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => json_error(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct DeleteRequest {
+    id: String,
+}
+
+/// Deletes a subscription behind the app's back: `{"id": ...}`.
+async fn webhook_delete(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    let req: DeleteRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    if lock(&s).webhooks.remove(&req.id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        json_error(StatusCode::NOT_FOUND, "no such subscription".to_string())
+    }
 }

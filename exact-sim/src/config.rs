@@ -185,6 +185,12 @@ pub struct SimConfig {
     pub accounts_per_division: u32,
     /// Server-driven page size of REST collections (Exact: 60).
     pub page_size: u32,
+    /// Webhook secret per client id: messages fired for that client's subscriptions are
+    /// signed with it (Exact shows one per app under "Manage my apps").
+    pub webhook_secrets: Vec<(String, String)>,
+    /// How long after a subscription is created the empty validation POST is sent to its
+    /// CallbackURL (Exact: about 1 s).
+    pub webhook_validation_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -208,6 +214,8 @@ impl Default for SimConfig {
             token_calls_per_day: 200,
             accounts_per_division: 100,
             page_size: 60,
+            webhook_secrets: Vec::new(),
+            webhook_validation_delay: Duration::from_secs(1),
         }
     }
 }
@@ -216,6 +224,12 @@ impl SimConfig {
     /// Adds a client that accepts any redirect URI.
     pub fn with_client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
         self.clients.push(SimClient::new(id, secret));
+        self
+    }
+
+    /// Sets the webhook secret of client `id`.
+    pub fn with_webhook_secret(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.webhook_secrets.push((id.into(), secret.into()));
         self
     }
 

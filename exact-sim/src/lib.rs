@@ -41,9 +41,12 @@ mod state;
 pub mod stats;
 mod tls;
 mod token;
+mod webhook_registry;
+pub mod webhooks;
 
 pub use config::{Faults, SimClient, SimConfig, SimDivision, SimUser};
 pub use duration::{parse_duration, DurationError};
 pub use faults::APIGEE_FAULT;
 pub use server::Sim;
 pub use stats::{ChainStats, Counters, Outcome, Stats};
+pub use webhooks::{FireOptions, Fired, Signature, WebhookSubscription};

@@ -135,6 +135,22 @@ struct Cli {
     /// Page size of REST collections (crm/Accounts); the rest follows via __next.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     page_size: u32,
+
+    /// Webhook secret of a client: messages fired for its subscriptions
+    /// (`POST /_sim/webhooks/fire`) are signed with it (repeatable).
+    #[arg(long = "webhook-secret", value_name = "CLIENT_ID:SECRET", value_parser = parse_webhook_secret)]
+    webhook_secrets: Vec<(String, String)>,
+
+    /// Delay of the empty validation POST after a subscription is created (Exact: ~1 s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    webhook_validation_delay: std::time::Duration,
+}
+
+fn parse_webhook_secret(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((c, k)) if !c.is_empty() && !k.is_empty() => Ok((c.to_string(), k.to_string())),
+        _ => Err("expected CLIENT_ID:SECRET".to_string()),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +294,8 @@ async fn main() -> anyhow::Result<()> {
         token_calls_per_day: cli.token_calls_per_day,
         accounts_per_division: cli.accounts_per_division,
         page_size: cli.page_size,
+        webhook_secrets: cli.webhook_secrets,
+        webhook_validation_delay: cli.webhook_validation_delay,
     };
     let sim = Sim::start(cfg, cli.listen)
         .await

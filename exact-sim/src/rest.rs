@@ -54,17 +54,17 @@ fn query_map(q: Option<String>) -> HashMap<String, String> {
 }
 
 /// A request that passed the bearer check, the division check and the rate limits.
-struct Admitted {
-    name: String,
+pub(crate) struct Admitted {
+    pub(crate) name: String,
     user: UserRec,
-    division: i64,
+    pub(crate) division: i64,
     decision: RateDecision,
     /// `scheme://host` as the client addressed us, for `__metadata.uri` and `__next`.
     base: String,
 }
 
 /// Which division a REST call is about.
-enum Division {
+pub(crate) enum Division {
     /// The user's current division (`/current/Me`).
     Current,
     /// The `{division}` path segment, not yet parsed.
@@ -74,7 +74,7 @@ enum Division {
 /// The common gate of every REST call: live bearer token (401), numeric division the
 /// user may open (400 / 403), then the per-client-and-division rate limits (429).
 /// Every refusal is returned as a finished response.
-fn admit(
+pub(crate) fn admit(
     st: &mut State,
     headers: &HeaderMap,
     division: Division,

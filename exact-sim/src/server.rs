@@ -4,7 +4,7 @@ use crate::config::{Faults, SimConfig};
 use crate::faults::ConnKill;
 use crate::state::{lock, Shared, State};
 use crate::stats::{ChainStats, Stats};
-use crate::{admin, auth, rest, tls, token};
+use crate::{admin, auth, rest, tls, token, webhooks};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
@@ -32,6 +32,12 @@ fn router(shared: Shared) -> Router {
             get(rest::system_divisions),
         )
         .route("/api/v1/{division}/crm/Accounts", get(rest::accounts))
+        .route(
+            "/api/v1/{division}/webhooks/{item}",
+            get(webhooks::list)
+                .post(webhooks::create)
+                .delete(webhooks::delete),
+        )
         .merge(admin::routes())
         .with_state(shared)
 }
@@ -188,6 +194,26 @@ impl Sim {
         let st = lock(&self.shared);
         let idx = st.chains.iter().rposition(|c| c.name == name)?;
         st.chain_user(idx).map(|u| u.user_name.clone())
+    }
+
+    /// Every webhook subscription at this "Exact".
+    pub fn webhook_subscriptions(&self) -> Vec<webhooks::WebhookSubscription> {
+        lock(&self.shared).webhooks.all()
+    }
+
+    /// Deletes a webhook subscription behind its owner's back (as if removed in Exact's
+    /// UI); false when unknown.
+    pub fn delete_webhook_subscription(&self, id: &str) -> bool {
+        lock(&self.shared).webhooks.remove(id)
+    }
+
+    /// Fires one message for subscription `id` at its CallbackURL, signed as `opts` say.
+    pub async fn fire_webhook(
+        &self,
+        id: &str,
+        opts: &webhooks::FireOptions,
+    ) -> Result<webhooks::Fired, webhooks::FireError> {
+        webhooks::fire(&self.shared, id, opts).await
     }
 
     /// Replaces the fault settings.

@@ -181,6 +181,8 @@ pub struct State {
     /// Times of token calls per (user index, client id), within the cap window.
     pub token_calls: HashMap<(usize, String), VecDeque<SimTime>>,
     consents: HashMap<String, u64>,
+    /// Webhook subscriptions at this "Exact".
+    pub webhooks: crate::webhook_registry::Registry,
 }
 
 /// Shared handle to the state.
@@ -209,7 +211,7 @@ pub fn random_token(len: usize) -> String {
         .collect()
 }
 
-fn random_guid() -> String {
+pub(crate) fn random_guid() -> String {
     let b: [u8; 16] = rand::thread_rng().gen();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
@@ -270,6 +272,7 @@ impl State {
             user_index,
             token_calls: HashMap::new(),
             consents: HashMap::new(),
+            webhooks: Default::default(),
         }
     }
 

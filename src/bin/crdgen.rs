@@ -1,7 +1,7 @@
 //! Prints the CRDs generated from the Rust types; `crds/` holds its output and CI fails
 //! when they drift.
 
-use exact_operator::crd::{ExactConnection, ExactOAuthClient};
+use exact_operator::crd::{ExactConnection, ExactOAuthClient, ExactWebhookSubscription};
 use kube::CustomResourceExt;
 
 fn main() -> anyhow::Result<()> {
@@ -9,9 +9,14 @@ fn main() -> anyhow::Result<()> {
     let docs = match which.as_deref() {
         Some("exactoauthclients") => vec![ExactOAuthClient::crd()],
         Some("exactconnections") => vec![ExactConnection::crd()],
-        None => vec![ExactOAuthClient::crd(), ExactConnection::crd()],
+        Some("exactwebhooksubscriptions") => vec![ExactWebhookSubscription::crd()],
+        None => vec![
+            ExactOAuthClient::crd(),
+            ExactConnection::crd(),
+            ExactWebhookSubscription::crd(),
+        ],
         Some(other) => {
-            anyhow::bail!("unknown CRD {other:?}: use exactoauthclients or exactconnections")
+            anyhow::bail!("unknown CRD {other:?}: use exactoauthclients, exactconnections or exactwebhooksubscriptions")
         }
     };
     for crd in docs {

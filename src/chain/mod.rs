@@ -7,7 +7,7 @@
 //!   claim (a conditional write) -> one token call -> persist the answer first.
 //!
 //! The Kubernetes [`StateStore`] is the connection's state Secret with resourceVersion
-//! preconditions (`crate::refresh::StateHandle`).
+//! preconditions (`crate::state_store::StateHandle`).
 
 mod decide;
 mod exchange;

@@ -1,4 +1,5 @@
-//! The controllers: ExactConnection (the token keeper) and ExactOAuthClient (validation).
+//! The controllers: ExactConnection (the token keeper), ExactOAuthClient (validation) and
+//! ExactWebhookSubscription (`crate::webhook::controller`).
 
 pub mod client;
 pub mod connection;
@@ -177,12 +178,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(connection::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
     let client_ctrl = Controller::new(clients, wc)
-        .graceful_shutdown_on(stop(rx))
+        .graceful_shutdown_on(stop(rx.clone()))
         .run(client::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
     });
-    future::join(connections, client_ctrl).await;
+    let webhooks = crate::webhook::controller::run(ctx.clone(), stop(rx));
+    future::join3(connections, client_ctrl, webhooks).await;
 }

@@ -53,9 +53,16 @@ impl OAuthState {
 /// Serves the routes on `listener` (with the peer address known to the rate limit) until
 /// the server fails.
 pub async fn serve(listener: tokio::net::TcpListener, state: OAuthState) -> std::io::Result<()> {
+    // The webhook route shares the public address but has its own guard (it takes POST).
+    let webhooks = crate::webhook::receiver::router(crate::webhook::receiver::ReceiverState::new(
+        state.ctx.clone(),
+        Default::default(),
+    ));
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router(state)
+            .merge(webhooks)
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await
 }
