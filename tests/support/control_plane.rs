@@ -20,7 +20,7 @@ fn state_root() -> PathBuf {
 }
 
 /// A fresh state folder for this process: `target/tmp/testenv/<binary>-<pid>`.
-pub(super) fn state_dir(prefix: Option<&str>) -> Result<PathBuf, String> {
+fn state_dir(prefix: Option<&str>) -> Result<PathBuf, String> {
     let root = state_root();
     prune_stale(&root);
     let binary = std::env::current_exe()
@@ -87,7 +87,7 @@ pub(super) fn existing_cluster() -> Result<ControlPlane, String> {
 
 /// Deletes state folders of finished runs: no process pid files left (the watchdog's
 /// `stop` removed them) and untouched for [`PRUNE_AFTER`]. Best effort.
-fn prune_stale(root: &Path) {
+pub(super) fn prune_stale(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };

@@ -97,7 +97,13 @@ fn setup() -> Result<NodeEnv, String> {
         .unwrap_or_else(|| super::repo_path("target"));
     let binary = target.join("release/exact-operator");
 
-    let dir = super::control_plane::state_dir(Some("node-"))?;
+    // Not under target/: unix socket paths (containerd's, the kubelet's) must stay under
+    // 104 bytes, and a checkout can live anywhere. Logs stay there for post-mortems; folders
+    // of finished runs are pruned after an hour.
+    let root = std::env::temp_dir().join("exact-operator-node");
+    super::control_plane::prune_stale(&root);
+    let dir = root.join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let script = super::repo_path("scripts/testenv");
     eprintln!(
         "support: starting a control plane with two nodes in {} (the first run ever builds \
