@@ -106,19 +106,43 @@ where
     }
 }
 
-/// Runs both controllers until `shutdown` resolves; in-flight reconciles (and so any
+/// Runs the controllers until `shutdown` resolves; in-flight reconciles (and so any
 /// refresh in flight, through to its persisted state) finish first.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let scope = ctx.settings.watch_namespace.clone();
+    let clients: Api<ExactOAuthClient> = scoped(&ctx.client, scope.as_deref());
+    let client_ctrl = Controller::new(clients, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(stop(rx.clone()))
+        .run(client::reconcile, error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+    let connections = run_connections(ctx.clone(), stop(rx.clone()));
+    let webhooks = crate::webhook::controller::run(ctx.clone(), stop(rx));
+    future::join3(connections, client_ctrl, webhooks).await;
+}
+
+/// The connection controller, fed by its own watch (spec and annotation changes), its
+/// workload Secrets (`owns`), its clients and the Secrets they reference; it fills the
+/// watch-backed caches the reconcile reads.
+async fn run_connections(
+    ctx: Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let wc = watcher::Config::default().any_semantic();
     let scope = ctx.settings.watch_namespace.clone();
     let conns: Api<ExactConnection> = scoped(&client, scope.as_deref());
     let clients: Api<ExactOAuthClient> = scoped(&client, scope.as_deref());
-    let secrets: Api<Secret> = scoped(&client, scope.as_deref());
     let secret_metas: Api<PartialObjectMeta<Secret>> = scoped(&client, scope.as_deref());
-
     let (client_store, client_writer) = reflector::store::<ExactOAuthClient>();
-    let client_stream = watcher(clients.clone(), wc.clone())
+    let client_stream = watcher(clients, wc.clone())
         .default_backoff()
         .modify(strip_managed_fields)
         .reflect(client_writer)
@@ -135,56 +159,49 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             predicates::generation.combine(predicates::annotations),
             Default::default(),
         );
-    let conn_ctrl = Controller::for_stream(conn_stream, conn_store.clone())
-        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
-    let by_client = conn_store.clone();
-    let by_secret = (conn_store.clone(), client_store.clone());
     let (meta_store, meta_writer) = reflector::store::<PartialObjectMeta<Secret>>();
-    let secret_meta = watcher(secret_metas, wc.clone())
+    let secret_meta = watcher(secret_metas, wc)
         .default_backoff()
         .modify(strip_managed_fields)
         .reflect(meta_writer)
         .touched_objects();
     ctx.caches.install(client_store.clone(), meta_store);
-
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let connections = conn_ctrl
-        .owns(
-            secrets,
-            watcher::Config::default()
-                // Workload Secrets only: an edit or deletion is restored at once. State
-                // Secrets are written only by the operator itself.
-                .labels(&format!(
-                    "{MANAGED_BY_LABEL}={MANAGED_BY},{ROLE_LABEL}=token"
-                ))
-                .any_semantic(),
-        )
+    let by_client = conn_store.clone();
+    let by_secret = (conn_store.clone(), client_store);
+    Controller::for_stream(conn_stream, conn_store)
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
+        .owns(scoped::<Secret>(&client, scope.as_deref()), workload_secrets())
         .watches_stream(client_stream, move |c: ExactOAuthClient| {
-            let key = (c.namespace().unwrap_or_default(), c.name_any());
-            by_client
-                .state()
-                .into_iter()
-                .filter(|conn| client_key(conn) == key)
-                .map(|conn| ObjectRef::from_obj(&*conn))
-                .collect::<Vec<_>>()
+            connections_of_client(&by_client, &c)
         })
         .watches_stream(secret_meta, move |s| {
             connections_for_secret(&s, &by_secret.0, &by_secret.1)
         })
-        .graceful_shutdown_on(stop(rx.clone()))
+        .graceful_shutdown_on(stop)
         .run(connection::reconcile, error_policy, ctx.clone())
-        .for_each(|_| future::ready(()));
-    let client_ctrl = Controller::new(clients, wc)
-        .graceful_shutdown_on(stop(rx.clone()))
-        .run(client::reconcile, error_policy, ctx.clone())
-        .for_each(|_| future::ready(()));
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    });
-    let webhooks = crate::webhook::controller::run(ctx.clone(), stop(rx));
-    future::join3(connections, client_ctrl, webhooks).await;
+        .for_each(|_| future::ready(()))
+        .await;
+}
+
+/// Workload Secrets only: an edit or deletion is restored at once. State Secrets are
+/// written only by the operator itself.
+fn workload_secrets() -> watcher::Config {
+    watcher::Config::default()
+        .labels(&format!(
+            "{MANAGED_BY_LABEL}={MANAGED_BY},{ROLE_LABEL}=token"
+        ))
+        .any_semantic()
+}
+
+fn connections_of_client(
+    store: &reflector::Store<ExactConnection>,
+    c: &ExactOAuthClient,
+) -> Vec<ObjectRef<ExactConnection>> {
+    let key = (c.namespace().unwrap_or_default(), c.name_any());
+    store
+        .state()
+        .into_iter()
+        .filter(|conn| client_key(conn) == key)
+        .map(|conn| ObjectRef::from_obj(&*conn))
+        .collect()
 }
