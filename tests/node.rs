@@ -351,7 +351,7 @@ async fn chart_pods_keep_the_chain_through_helm_upgrade_and_pod_deletion() {
 /// (No `wget -T`: Debian's static busybox 1.35 crashes with it.)
 fn reader_script(sim_port: u16, file: &str) -> String {
     format!(
-        "while :; do t=; read -r t 2>/dev/null < {file}; \
+        "while :; do t=$(cat {file} 2>/dev/null); \
          r=$(wget -q -O - \"http://127.0.0.1:{sim_port}/_sim/token-valid?access_token=$t\" 2>/dev/null); \
          case \"$r\" in *true*) echo V;; *false*) echo X;; *) echo E;; esac; sleep 0.2; done"
     )
@@ -456,7 +456,11 @@ async fn volume_file(env: &NodeEnv, pods: &Api<Pod>, pod: &str) -> std::path::Pa
 #[derive(Default)]
 struct Arrivals {
     secret: Vec<(String, Instant)>,
+    /// Published expiry (`expires_at`) of each token seen in the Secret.
+    expiry: std::collections::HashMap<String, jiff::Timestamp>,
     files: Vec<Vec<(String, Instant)>>,
+    /// Per file: 20 ms polls that found a token past its published expiry, and all polls.
+    polls: Vec<(u64, u64)>,
 }
 
 fn track_arrivals(
@@ -470,6 +474,7 @@ fn track_arrivals(
     tokio::spawn(async move {
         let mut arrivals = Arrivals {
             files: vec![Vec::new(); files.len()],
+            polls: vec![(0, 0); files.len()],
             ..Arrivals::default()
         };
         let config = kube::runtime::watcher::Config::default()
@@ -481,8 +486,12 @@ fn track_arrivals(
         while !stop.load(Ordering::Relaxed) {
             tokio::select! {
                 Some(Ok(secret)) = watch.next() => {
-                    let token = secret.data.as_ref().and_then(|d| d.get("access_token"))
+                    let field = |key: &str| secret.data.as_ref().and_then(|d| d.get(key))
                         .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+                    let token = field("access_token");
+                    if let (Some(token), Some(expires)) = (&token, field("expires_at").and_then(|e| e.parse().ok())) {
+                        arrivals.expiry.insert(token.clone(), expires);
+                    }
                     if let Some(token) = token {
                         if arrivals.secret.last().map(|(t, _)| t) != Some(&token) {
                             arrivals.secret.push((token, Instant::now()));
@@ -490,8 +499,17 @@ fn track_arrivals(
                     }
                 }
                 _ = tick.tick() => {
+                    let now = jiff::Timestamp::now();
                     for (i, file) in files.iter().enumerate() {
                         if let Ok(token) = std::fs::read_to_string(file) {
+                            // Judged by the expiry the operator published (measured from
+                            // when it sent the token request, so at or before Exact's).
+                            if let Some(expires) = arrivals.expiry.get(&token) {
+                                arrivals.polls[i].1 += 1;
+                                if *expires <= now {
+                                    arrivals.polls[i].0 += 1;
+                                }
+                            }
                             if arrivals.files[i].last().map(|(t, _)| t) != Some(&token) {
                                 arrivals.files[i].push((token, Instant::now()));
                             }
@@ -681,6 +699,8 @@ subjects:
     let arrivals = tracker.await.expect("arrival tracker");
     let (plain_delays, plain_missed) = delays(&arrivals.secret, &arrivals.files[0]);
     let (nudged_delays, nudged_missed) = delays(&arrivals.secret, &arrivals.files[1]);
+    let share = |(expired, all): (u64, u64)| 100.0 * expired as f64 / all.max(1) as f64;
+    let (plain_polls, nudged_polls) = (arrivals.polls[0], arrivals.polls[1]);
 
     let mut results = Vec::new();
     for pod in consumers {
@@ -706,6 +726,15 @@ subjects:
         "  Secret change -> volume: plain {} (tokens never shown: {plain_missed}); nudged {} (never shown: {nudged_missed})",
         summary(&plain_delays),
         summary(&nudged_delays)
+    );
+    eprintln!(
+        "  volume files polled from the host every 20 ms, token past its expires_at: plain {}/{} = {:.2}%, nudged {}/{} = {:.2}%",
+        plain_polls.0,
+        plain_polls.1,
+        share(plain_polls),
+        nudged_polls.0,
+        nudged_polls.1,
+        share(nudged_polls)
     );
     eprintln!(
         "  sim: refresh_ok={} too_early={} old_refresh_token_used={}",
@@ -738,6 +767,17 @@ subjects:
         nudged.expired_percent() <= 1.0,
         "a nudged mount holds an expired token {:.2} % of the time",
         nudged.expired_percent()
+    );
+    assert!(
+        share(nudged_polls) <= 0.5,
+        "the nudged volume held an expired token {:.2} % of 20 ms polls",
+        share(nudged_polls)
+    );
+    assert!(
+        nudged_missed == 0 && nudged_delays.len() >= cycles as usize,
+        "every refresh reaches the nudged volume: {} of {} (skipped {nudged_missed})",
+        nudged_delays.len(),
+        arrivals.secret.len().saturating_sub(1)
     );
     // The measurement must tell the two mounts apart: without the nudge the kubelet
     // rewrites the volume only every 60-90 s, several 20 s tokens late.

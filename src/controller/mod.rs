@@ -170,7 +170,10 @@ async fn run_connections(
     let by_secret = (conn_store.clone(), client_store);
     Controller::for_stream(conn_stream, conn_store)
         .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
-        .owns(scoped::<Secret>(&client, scope.as_deref()), workload_secrets())
+        .owns(
+            scoped::<Secret>(&client, scope.as_deref()),
+            workload_secrets(),
+        )
         .watches_stream(client_stream, move |c: ExactOAuthClient| {
             connections_of_client(&by_client, &c)
         })

@@ -48,7 +48,8 @@
 //!
 //! Tests that need pods call [`node::node_env`]: a separate cluster with
 //! kube-controller-manager, kube-scheduler and two real nodes (containerd + kubelet), the
-//! operator image imported, same watchdog. Test binaries that never call it never start it.
+//! operator image imported, same watchdog, state in `$TMPDIR/exact-operator-node/<pid>/`
+//! (short enough for unix socket paths). Test binaries that never call it never start it.
 //!
 //! # Using an existing cluster
 //!

@@ -2,7 +2,9 @@
 //! real nodes (containerd + kubelet, `scripts/testenv start DIR --nodes 2`), for tests that
 //! need pods. Started lazily by the first call of [`node_env`], once per test binary, and
 //! stopped by the same watchdog as the plain control plane (within about a second after the
-//! test binary exits, however it exits; the host changes are undone then too).
+//! test binary exits, however it exits; the host changes are undone then too). State and
+//! logs: `$TMPDIR/exact-operator-node/<pid>/` (not under `target/`: unix socket paths must
+//! stay under 104 bytes).
 //!
 //! Only test binaries that call [`node_env`] pay for it (about 30 s to start, plus a
 //! one-time build of the node binaries of about 15 minutes on 2 cores); the default control
