@@ -168,6 +168,12 @@ impl Default for Metrics {
             "Annotation patches on pods mounting a just-written workload Secret, by outcome",
             m.pod_nudges.clone(),
         );
+        // Both outcomes exist from the start at 0, so the first failure shows up in rate().
+        for outcome in ["patched", "failed"] {
+            drop(m.pod_nudges.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            }));
+        }
         r.register(
             "webhook_messages",
             "Webhook messages received, by outcome",
