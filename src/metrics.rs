@@ -29,6 +29,15 @@ pub const WEBHOOK_OUTCOMES: [&str; 8] = [
     "unavailable",
 ];
 
+/// Creates each outcome's series at 0, so the first occurrence shows up in `rate()`.
+fn outcomes_at_zero(family: &Family<OutcomeLabel, Counter>, outcomes: &[&str]) {
+    for outcome in outcomes {
+        drop(family.get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        }));
+    }
+}
+
 /// Label of OAuth-route series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
@@ -168,22 +177,13 @@ impl Default for Metrics {
             "Annotation patches on pods mounting a just-written workload Secret, by outcome",
             m.pod_nudges.clone(),
         );
-        // Both outcomes exist from the start at 0, so the first failure shows up in rate().
-        for outcome in ["patched", "failed"] {
-            drop(m.pod_nudges.get_or_create(&OutcomeLabel {
-                outcome: outcome.to_string(),
-            }));
-        }
+        outcomes_at_zero(&m.pod_nudges, &["patched", "failed"]);
         r.register(
             "webhook_messages",
             "Webhook messages received, by outcome",
             m.webhook_messages.clone(),
         );
-        for outcome in WEBHOOK_OUTCOMES {
-            drop(m.webhook_messages.get_or_create(&OutcomeLabel {
-                outcome: outcome.to_string(),
-            }));
-        }
+        outcomes_at_zero(&m.webhook_messages, &WEBHOOK_OUTCOMES);
         r.register(
             "webhook_forward_duration_seconds",
             "Duration of webhook deliveries to their targets",
@@ -209,12 +209,7 @@ impl Default for Metrics {
             "1 for the current Ready reason of each connection",
             m.reasons.clone(),
         );
-        // Every outcome exists from the start at 0, so the first failure shows up in rate().
-        for outcome in OUTCOMES {
-            drop(m.token_calls.get_or_create(&OutcomeLabel {
-                outcome: outcome.to_string(),
-            }));
-        }
+        outcomes_at_zero(&m.token_calls, &OUTCOMES);
         Metrics {
             registry: Arc::new(r),
             ..m
