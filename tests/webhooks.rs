@@ -94,6 +94,37 @@ fn ready_reason(s: &ExactWebhookSubscription) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// `kubectl exact status` and `inspect` list the subscription with its IDs at Exact.
+async fn plugin_shows_subscription(ns: &str, accounts_id: &str) {
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-exact"))
+            .args(&args)
+            .env("KUBECONFIG", support::kubeconfig_path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("kubectl-exact runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (code, table) = run(args(&["status", "-n", ns])).await;
+    assert_eq!(code, Some(0), "all Ready -> exit 0: {table}");
+    assert!(table.contains("SUBSCRIPTION"), "{table}");
+    assert!(table.contains("orders") && table.contains("2/2"), "{table}");
+    let (_, json) = run(args(&["status", "-n", ns, "-o", "json"])).await;
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("status -o json");
+    let hooks = &doc["webhookSubscriptions"];
+    assert_eq!(hooks[0]["name"], "orders", "{json}");
+    assert_eq!(hooks[0]["ready"], true, "{json}");
+    let (code, text) = run(args(&["inspect", "acme", "-n", ns])).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Webhook subscriptions:"), "{text}");
+    assert!(text.contains(&format!("Accounts={accounts_id}")), "{text}");
+}
+
 async fn event_reasons(admin: &Client, ns: &str) -> Vec<String> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), ns);
     let list = api.list(&Default::default()).await.expect("events");
@@ -185,6 +216,7 @@ async fn subscriptions_kept_messages_verified_and_delivered() {
         .id
         .clone();
     assert!(validated.iter().any(|s| s.id == accounts));
+    plugin_shows_subscription(&ns, &accounts).await;
 
     // A signed message is delivered exactly as sent.
     let fired = sim

@@ -5,6 +5,7 @@
 use super::cluster::{describe, workload_secret_name, Session};
 use super::events;
 pub use super::inspect_report::{ClientSummary, Report, SecretKeys, SpecSummary, EVENT_LIMIT};
+use super::webhooks;
 use super::{out, render_data, Error, Format, EXIT_OK};
 use crate::crd::{ExactConnection, ExactOAuthClient};
 use jiff::Timestamp;
@@ -111,6 +112,11 @@ pub async fn collect(session: &Session, name: &str) -> Result<Report, Error> {
             secret_keys(&secrets, "workload", &workload, uid.as_deref()).await,
             secret_keys(&secrets, "state", &state, uid.as_deref()).await,
         ],
+        webhook_subscriptions: webhooks::list(session, false)
+            .await?
+            .into_iter()
+            .filter(|w| w.connection == name)
+            .collect(),
         events,
         notes,
     })

@@ -2,6 +2,7 @@
 //! `inspect_text`): data only, so collecting and rendering do not depend on each other.
 
 use super::events::EventRow;
+use super::webhooks::WebhookRow;
 use crate::crd::{Condition, ExactConnectionStatus, SecretKeyRef};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -29,6 +30,8 @@ pub struct Report {
     pub status: Option<ExactConnectionStatus>,
     /// The managed Secrets, keys only.
     pub secrets: Vec<SecretKeys>,
+    /// The ExactWebhookSubscriptions that use this connection.
+    pub webhook_subscriptions: Vec<WebhookRow>,
     /// Recent Events about the connection, oldest first.
     pub events: Vec<EventRow>,
     /// Things that could not be read (e.g. Events forbidden by RBAC).

@@ -150,6 +150,7 @@ pub fn render(r: &Report, now: Timestamp) -> String {
         };
         s += &format!("  {} ({}){owner}: {what}\n", k.name, k.role);
     }
+    s += &super::webhooks::render_section(&r.webhook_subscriptions);
     s += &format!("Events (last {EVENT_LIMIT}):\n");
     if r.events.is_empty() {
         s += "  <none>\n";
@@ -252,6 +253,7 @@ mod tests {
                     error: None,
                 },
             ],
+            webhook_subscriptions: Vec::new(),
             events: vec![EventRow {
                 time: Some(at(-30)),
                 type_: "Normal".into(),

@@ -16,6 +16,7 @@ pub mod refresh;
 pub mod snippet;
 pub mod status;
 pub mod table;
+pub mod webhooks;
 
 use std::io::Write;
 use thiserror::Error;

@@ -3,6 +3,7 @@
 
 use super::cluster::{is_missing_resource_type, ready_condition, Session};
 use super::table::{self, NONE};
+use super::webhooks::{self, WebhookRow};
 use super::{out, render_data, Error, Format, EXIT_NOT_READY, EXIT_OK};
 use crate::crd::ExactConnection;
 use jiff::Timestamp;
@@ -72,6 +73,9 @@ impl Row {
 pub struct Report {
     /// The listed connections, sorted by namespace and name.
     pub items: Vec<Row>,
+    /// The ExactWebhookSubscriptions in the same scope, sorted by namespace and name.
+    #[serde(rename = "webhookSubscriptions")]
+    pub webhook_subscriptions: Vec<WebhookRow>,
 }
 
 /// Renders rows as the `status` table; `all_namespaces` adds the NAMESPACE column.
@@ -111,10 +115,10 @@ pub fn render_table(rows: &[Row], all_namespaces: bool, now: Timestamp) -> Strin
     table::render(&headers, &cells)
 }
 
-/// The exit code for a listing: [`EXIT_NOT_READY`] when any row is not Ready, else
-/// [`EXIT_OK`] (also for an empty list).
-pub fn exit_code(rows: &[Row]) -> u8 {
-    if rows.iter().all(|r| r.ready) {
+/// The exit code for a listing: [`EXIT_NOT_READY`] when any connection or webhook
+/// subscription is not Ready, else [`EXIT_OK`] (also for an empty list).
+pub fn exit_code(rows: &[Row], hooks: &[WebhookRow]) -> u8 {
+    if rows.iter().all(|r| r.ready) && hooks.iter().all(|h| h.ready) {
         EXIT_OK
     } else {
         EXIT_NOT_READY
@@ -152,20 +156,33 @@ pub async fn run(session: &Session, all_namespaces: bool, format: Format) -> Res
         })?;
     let mut rows: Vec<Row> = list.items.iter().map(Row::from_connection).collect();
     rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let hooks = webhooks::list(session, all_namespaces).await?;
+    let code = exit_code(&rows, &hooks);
+    let now = Timestamp::now();
     match format {
-        Format::Table if rows.is_empty() => {
-            let ns = (!all_namespaces).then_some(session.namespace.as_str());
-            super::note(&empty_message(ns));
+        Format::Table => {
+            if rows.is_empty() {
+                let ns = (!all_namespaces).then_some(session.namespace.as_str());
+                super::note(&empty_message(ns));
+            } else {
+                out(&render_table(&rows, all_namespaces, now));
+            }
+            if !hooks.is_empty() {
+                out(&format!(
+                    "\n{}",
+                    webhooks::render_table(&hooks, all_namespaces, now)
+                ));
+            }
         }
-        Format::Table => out(&render_table(&rows, all_namespaces, Timestamp::now())),
         Format::Json | Format::Yaml => out(&render_data(
             &Report {
-                items: rows.clone(),
+                items: rows,
+                webhook_subscriptions: hooks,
             },
             format,
         )?),
     }
-    Ok(exit_code(&rows))
+    Ok(code)
 }
 
 #[cfg(test)]
@@ -261,9 +278,9 @@ mod tests {
     fn exit_code_is_non_zero_when_anything_is_not_ready() {
         let ready = Row::from_connection(&connection("a", Some(("True", "TokenPublished"))));
         let failing = Row::from_connection(&connection("b", Some(("False", "ClientNotReady"))));
-        assert_eq!(exit_code(&[]), EXIT_OK);
-        assert_eq!(exit_code(std::slice::from_ref(&ready)), EXIT_OK);
-        assert_eq!(exit_code(&[ready, failing]), EXIT_NOT_READY);
+        assert_eq!(exit_code(&[], &[]), EXIT_OK);
+        assert_eq!(exit_code(std::slice::from_ref(&ready), &[]), EXIT_OK);
+        assert_eq!(exit_code(&[ready, failing], &[]), EXIT_NOT_READY);
         assert_eq!(
             empty_message(Some("team-a")),
             "No ExactConnections found in team-a namespace."
@@ -280,12 +297,17 @@ mod tests {
             "acme",
             Some(("True", "TokenPublished")),
         ))];
-        let json = render_data(&Report { items: rows }, Format::Json).expect("renders");
+        let report = Report {
+            items: rows,
+            webhook_subscriptions: Vec::new(),
+        };
+        let json = render_data(&report, Format::Json).expect("renders");
         let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let item = &v["items"][0];
         assert_eq!(item["name"], "acme");
         assert_eq!(item["ready"], true);
         assert_eq!(item["reason"], "TokenPublished");
         assert_eq!(item["accessTokenExpiresAt"], at(252).to_string());
+        assert_eq!(v["webhookSubscriptions"], serde_json::json!([]));
     }
 }
