@@ -8,14 +8,17 @@ use super::exact_api::{ApiError, ExactApi, Remote};
 use super::link::{current_token, link, reason, Linked, NotReady, Token};
 use crate::conditions;
 use crate::context::Context;
+use crate::crd::ExactConnection;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -51,11 +54,55 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let conns: Api<ExactConnection> = match &ctx.settings.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let subs = controller.store();
+    // A connection that turns Ready (or moves division) is acted on at once instead of at
+    // the next retry; its token refreshes alone change nothing here and are filtered out.
+    let conn_changes = watcher(conns, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(connection_readiness, Default::default());
+    controller
+        .watches_stream(conn_changes, move |c: ExactConnection| {
+            subscriptions_using(&subs, &c)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// What a subscription depends on in its connection: whether it is Ready and its division.
+fn connection_readiness(c: &ExactConnection) -> Option<u64> {
+    let status = c.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|r| r.status.clone());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        c.metadata.uid.as_deref(),
+        ready,
+        status.and_then(|s| s.division),
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+fn subscriptions_using(
+    subs: &Store<ExactWebhookSubscription>,
+    conn: &ExactConnection,
+) -> Vec<ObjectRef<ExactWebhookSubscription>> {
+    let ns = conn.namespace();
+    let name = conn.name_any();
+    subs.state()
+        .iter()
+        .filter(|s| s.namespace() == ns && s.spec.connection_ref.name == name)
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
 }
 
 fn error_policy(_obj: Arc<ExactWebhookSubscription>, err: &Error, ctx: Arc<Context>) -> Action {
