@@ -34,7 +34,7 @@ const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TemplateError {
     /// The key is not a valid Secret data key.
-    #[error("key {key:?} is not a valid Secret key (letters, digits, '-', '_' and '.' only, at most 253)")]
+    #[error("key {key:?} is not a valid Secret key (letters, digits, '-', '_' and '.' only, at most 253, not starting with '..' or .exact-agent-tmp-)")]
     InvalidKey {
         /// The key.
         key: String,
@@ -132,11 +132,16 @@ pub fn parse_all(
 }
 
 fn check_key(key: &str, standard_keys: &[&str]) -> Result<(), TemplateError> {
+    // Kubernetes' rule for Secret keys, plus the token agent's temporary-file prefix (the
+    // agent writes every key as a file and skips its own temporaries).
     let valid = !key.is_empty()
         && key.len() <= 253
         && key
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && key != "."
+        && !key.starts_with("..")
+        && !key.starts_with(crate::agent::files::TEMP_PREFIX);
     if !valid {
         return Err(TemplateError::InvalidKey { key: key.into() });
     }
@@ -346,7 +351,16 @@ mod tests {
                 Err(TemplateError::ShadowsStandardKey { key: key.into() })
             );
         }
-        for key in ["", "a/b", "with space", &"k".repeat(254)] {
+        for key in [
+            "",
+            "a/b",
+            "with space",
+            ".",
+            "..",
+            "..data",
+            ".exact-agent-tmp-x",
+            &"k".repeat(254),
+        ] {
             assert!(matches!(
                 one(key, "x"),
                 Err(TemplateError::InvalidKey { .. })
