@@ -2,6 +2,7 @@
 //! (one authorized user/company on that app). Every field carries a `///` comment because
 //! these become `kubectl explain` text.
 
+use crate::duration::Lifetime;
 use jiff::Timestamp;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -103,13 +104,15 @@ pub struct ExactOAuthClientSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret_ref: Option<SecretKeyRef>,
     /// Access-token lifetime used when a token response omits `expires_in`: a Kubernetes-style
-    /// duration ("600s", "10m") or integer milliseconds as Exact writes them ("600000"). Default 600s.
+    /// duration ("600s", "10m") or integer milliseconds as Exact writes them, bare
+    /// (3599999) or quoted ("600000"). Default 600s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_token_expires_in: Option<String>,
+    pub access_token_expires_in: Option<Lifetime>,
     /// Refresh-token lifetime, used to compute when an unused refresh token expires and when a
-    /// suspended connection needs a keep-alive refresh: "720h" or integer milliseconds. Default 720h.
+    /// suspended connection needs a keep-alive refresh: "720h" or integer milliseconds, bare
+    /// or quoted. Default 720h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_token_expires_in: Option<String>,
+    pub refresh_token_expires_in: Option<Lifetime>,
     /// How long before expiry the token endpoint starts accepting refreshes. Exact's is 30s;
     /// change it only for a simulator with compressed time. Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +158,14 @@ pub struct TargetSecret {
     /// Extra annotations put on the Secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Extra keys rendered from the token on every publish, key -> template, e.g.
+    /// `Authorization: "Bearer {{ access_token }}"`. Placeholders `{{ variable }}` or
+    /// `{{ variable | json }}` (also `| base64`); variables: access_token, token_type,
+    /// expires_at, division, api_base_url, connection_name, connection_namespace (never the
+    /// refresh token). A key may not replace a standard key. A bad template sets Ready=False
+    /// (InvalidTemplate) and leaves the Secret as it was.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub template: BTreeMap<String, String>,
 }
 
 /// One authorized Exact Online user/company on an ExactOAuthClient.

@@ -2,6 +2,9 @@
 //! "500ms") or plain integer milliseconds, the way Exact and Alteryx show app settings
 //! ("3599999").
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -66,6 +69,50 @@ pub fn parse_or(input: Option<&str>, default: Duration) -> Result<Duration, Dura
     input.map_or(Ok(default), parse_duration)
 }
 
+/// A lifetime field of a spec as written in YAML: a bare integer of milliseconds
+/// (`accessTokenExpiresIn: 3599999`, the way Exact and the seed write it) or a string
+/// (`"600s"`, `"3599999"`). The CRD schema says `x-kubernetes-int-or-string`, so the API
+/// server accepts both; [`parse_duration`] decides what the value means.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Lifetime {
+    /// A bare YAML/JSON integer: milliseconds. Signed so that a negative number still
+    /// deserializes and is then reported as invalid instead of breaking the watch.
+    Millis(i64),
+    /// A duration string such as "600s" or "720h", or digits meaning milliseconds.
+    Text(String),
+}
+
+impl Lifetime {
+    /// The value in the string form [`parse_duration`] reads.
+    pub fn to_text(&self) -> Cow<'_, str> {
+        match self {
+            Lifetime::Millis(ms) => Cow::Owned(ms.to_string()),
+            Lifetime::Text(s) => Cow::Borrowed(s),
+        }
+    }
+}
+
+impl From<&str> for Lifetime {
+    fn from(s: &str) -> Self {
+        Lifetime::Text(s.to_string())
+    }
+}
+
+impl JsonSchema for Lifetime {
+    fn schema_name() -> Cow<'static, str> {
+        "Lifetime".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +155,23 @@ mod tests {
             parse_or(None, Duration::from_secs(7)),
             Ok(Duration::from_secs(7))
         );
+    }
+
+    #[test]
+    fn lifetime_reads_a_bare_integer_or_a_string() {
+        let int: Lifetime = serde_json::from_str("3599999").expect("integer");
+        assert_eq!(int, Lifetime::Millis(3_599_999));
+        assert_eq!(
+            parse_duration(&int.to_text()),
+            Ok(Duration::from_millis(3_599_999))
+        );
+        let text: Lifetime = serde_json::from_str("\"600s\"").expect("string");
+        assert_eq!(
+            parse_duration(&text.to_text()),
+            Ok(Duration::from_secs(600))
+        );
+        let negative: Lifetime = serde_json::from_str("-5").expect("still deserializes");
+        assert!(parse_duration(&negative.to_text()).is_err());
+        assert_eq!(serde_json::to_string(&int).expect("ser"), "3599999");
     }
 }

@@ -2,7 +2,7 @@
 //! lifetimes parsed. Pure: no cluster access, so every rule is unit-tested.
 
 use crate::crd::{ExactOAuthClientSpec, Region};
-use crate::duration::{parse_or, DurationError};
+use crate::duration::{parse_or, DurationError, Lifetime};
 use std::time::Duration;
 use thiserror::Error;
 use url::Url;
@@ -129,12 +129,18 @@ pub fn resolve(spec: &ExactOAuthClientSpec) -> Result<ClientSettings, SpecError>
         api_base_url: api.trim_end_matches('/').to_string(),
         access_token_lifetime: positive(
             "accessTokenExpiresIn",
-            spec.access_token_expires_in.as_deref(),
+            spec.access_token_expires_in
+                .as_ref()
+                .map(Lifetime::to_text)
+                .as_deref(),
             DEFAULT_ACCESS_TOKEN_LIFETIME,
         )?,
         refresh_token_lifetime: positive(
             "refreshTokenExpiresIn",
-            spec.refresh_token_expires_in.as_deref(),
+            spec.refresh_token_expires_in
+                .as_ref()
+                .map(Lifetime::to_text)
+                .as_deref(),
             DEFAULT_REFRESH_TOKEN_LIFETIME,
         )?,
         refresh_window: positive(

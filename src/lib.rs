@@ -27,5 +27,6 @@ pub mod secrets;
 pub mod startup;
 pub mod state;
 pub mod state_store;
+pub mod template;
 pub mod token;
 pub mod webhook;

@@ -52,6 +52,34 @@ pub fn workload_data(t: &WorkloadToken<'_>) -> BTreeMap<String, ByteString> {
         .collect()
 }
 
+/// Adds the keys rendered from `spec.target.template` to the standard `data`. The
+/// variables are the standard keys' values plus the connection's name and namespace: what
+/// the workload sees anyway, never the refresh token. Keys already in `data` are kept as the
+/// operator wrote them (`parse_all` refuses such templates in the first place).
+pub fn add_templated(
+    data: &mut BTreeMap<String, ByteString>,
+    templates: &crate::template::Templates,
+    connection_name: &str,
+    connection_namespace: &str,
+) {
+    if templates.is_empty() {
+        return;
+    }
+    let mut values: BTreeMap<&str, String> = crate::template::VARIABLES
+        .iter()
+        .filter_map(|v| {
+            let bytes = &data.get(*v)?.0;
+            Some((*v, String::from_utf8_lossy(bytes).into_owned()))
+        })
+        .collect();
+    values.insert("connection_name", connection_name.to_string());
+    values.insert("connection_namespace", connection_namespace.to_string());
+    for (key, value) in templates.render(&values) {
+        data.entry(key)
+            .or_insert_with(|| ByteString(value.into_bytes()));
+    }
+}
+
 /// Outcome of publishing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
@@ -144,13 +172,20 @@ pub async fn publish_from_state(
     ) else {
         return Ok(Published::Unchanged);
     };
-    let data = workload_data(&WorkloadToken {
+    let mut data = workload_data(&WorkloadToken {
         access_token: token,
         expires_at,
         division: conn.spec.division.or(state.division),
         api_base_url: &r.settings.api_base_url,
     });
     let name = conn.name_any();
+    let namespace = conn.namespace().unwrap_or_default();
+    // A bad template leaves the last good Secret as it is (load() reports it before any
+    // token call; this guards the paths that publish without going through load()).
+    let Ok(templates) = crate::template::parse_all(&conn.spec.target.template, &KEYS) else {
+        return Ok(Published::Unchanged);
+    };
+    add_templated(&mut data, &templates, &name, &namespace);
     let target = Target {
         name: &r.target_name,
         connection: &name,
@@ -158,8 +193,7 @@ pub async fn publish_from_state(
         labels: &conn.spec.target.labels,
         annotations: &conn.spec.target.annotations,
     };
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let published = publish(&api, &target, data).await?;
     if published == Published::Written {
         crate::nudge::after_write(ctx, conn, &r.target_name).await;
@@ -198,5 +232,35 @@ mod tests {
         );
         assert_eq!(data["token_type"].0, b"Bearer");
         assert_eq!(data["expires_at"].0, b"2027-01-15T08:00:00Z");
+    }
+
+    #[test]
+    fn templated_keys_are_rendered_from_the_published_values_only() {
+        let token = SecretString::from("AT!x");
+        let mut data = workload_data(&WorkloadToken {
+            access_token: &token,
+            expires_at: Timestamp::from_second(1_800_000_000).expect("valid"),
+            division: Some(42),
+            api_base_url: "https://start.exactonline.nl/api",
+        });
+        let spec = BTreeMap::from([
+            (
+                "Authorization".to_string(),
+                "{{ token_type }} {{ access_token }}".to_string(),
+            ),
+            (
+                "tap.json".to_string(),
+                "{\"access_token\": {{ access_token | json }}, \"base\": {{ api_base_url | json }}, \"name\": \"{{ connection_namespace }}/{{ connection_name }}\"}".to_string(),
+            ),
+        ]);
+        let templates = crate::template::parse_all(&spec, &KEYS).expect("valid");
+        add_templated(&mut data, &templates, "acme", "finance");
+        assert_eq!(data["Authorization"].0, b"Bearer AT!x");
+        assert_eq!(
+            String::from_utf8_lossy(&data["tap.json"].0),
+            r#"{"access_token": "AT!x", "base": "https://start.exactonline.nl/api/v1/42", "name": "finance/acme"}"#
+        );
+        assert_eq!(data["access_token"].0, b"AT!x");
+        assert_eq!(data.len(), KEYS.len() + 2);
     }
 }

@@ -20,4 +20,7 @@ pub use exchange::{
     exchange, ChainGrant, Entitlement, ExchangeEnd, ExchangeJob, StateStore, Stored, TokenCaller,
     WriteError,
 };
-pub use outcome::{apply_grant, import_bootstrap, on_outcome, outcome_label, End, OutcomeInputs};
+pub use outcome::{
+    apply_grant, import_bootstrap, on_outcome, outcome_label, AccessIgnored, BootstrapAccess, End,
+    OutcomeInputs,
+};

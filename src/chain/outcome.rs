@@ -204,8 +204,58 @@ pub fn outcome_label(o: &TokenOutcome) -> &'static str {
     }
 }
 
-/// Imports a bootstrap refresh token into the state: a new chain, refreshed at once.
-pub fn import_bootstrap(state: &mut ConnectionState, token: SecretString, digest: String) {
+/// What a bootstrap Secret may carry besides the refresh token: the access token a consent
+/// just returned and its expiry (sibling keys `access_token` and `expires_at`), as read.
+#[derive(Debug, Default)]
+pub struct BootstrapAccess {
+    /// The access token, when the key is present.
+    pub access_token: Option<SecretString>,
+    /// Its expiry as written: RFC 3339 or Unix seconds.
+    pub expires_at: Option<SecretString>,
+}
+
+/// Why a bootstrap access token was not used (the refresh token is imported regardless and
+/// refreshed at once, as without one). Messages never quote the values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessIgnored {
+    /// Only one of the two keys is there.
+    #[error("the bootstrap Secret has only one of access_token and expires_at; both are needed")]
+    Incomplete,
+    /// The expiry is not a timestamp.
+    #[error(
+        "expires_at of the bootstrap Secret is neither an RFC 3339 timestamp nor Unix seconds"
+    )]
+    Malformed,
+    /// The access token is empty or equals the refresh token (a mis-pointed key).
+    #[error("access_token of the bootstrap Secret is empty or the same as the refresh token")]
+    NotAnAccessToken,
+    /// Expired, or so close to it that it is refreshed at once anyway.
+    #[error("the bootstrap access token expired at {0} (or is about to)")]
+    Expired(Timestamp),
+    /// Later than a token of the client's lifetime could live: a wrong value.
+    #[error("the bootstrap access token's expiry {0} lies further ahead than the client's access-token lifetime allows")]
+    TooLate(Timestamp),
+}
+
+/// Imports a bootstrap refresh token into the state: a new chain. Without a usable access
+/// token it is refreshed at once. With one (`access`), that token is published at once and
+/// the first refresh is planned from its expiry, as if it had come from our own grant.
+/// Returns why a given access token was not used, if it was not.
+pub fn import_bootstrap(
+    state: &mut ConnectionState,
+    token: SecretString,
+    digest: String,
+    access: BootstrapAccess,
+    policy: &RefreshPolicy,
+    now: Timestamp,
+) -> Option<AccessIgnored> {
+    let accepted = match (access.access_token, access.expires_at) {
+        (None, None) => Ok(None),
+        (Some(at), Some(exp)) => {
+            bootstrap_expiry(&at, &exp, &token, policy, now).map(|e| Some((at, e)))
+        }
+        _ => Err(AccessIgnored::Incomplete),
+    };
     state.refresh_token = Some(token);
     state.access_token = None;
     state.times = Default::default();
@@ -214,4 +264,66 @@ pub fn import_bootstrap(state: &mut ConnectionState, token: SecretString, digest
     state.not_before = None;
     state.warning = None;
     state.last_error = None;
+    match accepted {
+        Ok(Some((at, expires))) => {
+            state.access_token = Some(at);
+            state.times.access_token_expires_at = Some(expires);
+            // Exact opens the window `refresh_window` before the expiry it set; ours is the
+            // consent's, never later than Exact's, so this never asks too early by design.
+            let allowed = expires
+                .saturating_sub(to_signed(policy.refresh_window))
+                .unwrap_or(expires);
+            state.times.refresh_allowed_from = Some(allowed);
+            // The refresh token came with the access token: issued about one lifetime before
+            // its expiry (never later than now), which dates its own unused expiry safely.
+            let issued = expires
+                .saturating_sub(to_signed(policy.access_token_lifetime))
+                .unwrap_or(expires)
+                .min(now);
+            state.times.refresh_token_issued_at = Some(issued);
+            None
+        }
+        Ok(None) => None,
+        Err(why) => Some(why),
+    }
+}
+
+/// The usable expiry of a bootstrap access token, or why it is not usable.
+fn bootstrap_expiry(
+    access_token: &SecretString,
+    expires_at: &SecretString,
+    refresh_token: &SecretString,
+    policy: &RefreshPolicy,
+    now: Timestamp,
+) -> Result<Timestamp, AccessIgnored> {
+    use secrecy::ExposeSecret;
+    let at = access_token.expose_secret().trim();
+    if at.is_empty() || at == refresh_token.expose_secret().trim() {
+        return Err(AccessIgnored::NotAnAccessToken);
+    }
+    let raw = expires_at.expose_secret().trim();
+    let expires = if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        raw.parse::<i64>()
+            .ok()
+            .and_then(|s| Timestamp::from_second(s).ok())
+    } else {
+        raw.parse::<Timestamp>().ok()
+    }
+    .ok_or(AccessIgnored::Malformed)?;
+    let soonest = now
+        .saturating_add(to_signed(policy.refresh_before))
+        .unwrap_or(now);
+    if expires <= soonest {
+        return Err(AccessIgnored::Expired(expires));
+    }
+    // A minute of slack for the clocks of whoever wrote the Secret.
+    let latest = now
+        .saturating_add(to_signed(
+            policy.access_token_lifetime + Duration::from_secs(60),
+        ))
+        .unwrap_or(now);
+    if expires > latest {
+        return Err(AccessIgnored::TooLate(expires));
+    }
+    Ok(expires)
 }

@@ -524,3 +524,163 @@ proptest! {
         })?;
     }
 }
+
+mod bootstrap_import {
+    use super::*;
+    use crate::chain::{decide, ChainSpec, Decision, WaitWhy};
+    use jiff::{SignedDuration, Timestamp};
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).expect("valid")
+    }
+
+    fn access(at: Option<&str>, exp: Option<&str>) -> BootstrapAccess {
+        BootstrapAccess {
+            access_token: at.map(SecretString::from),
+            expires_at: exp.map(SecretString::from),
+        }
+    }
+
+    fn import(a: BootstrapAccess) -> (ConnectionState, Option<AccessIgnored>) {
+        let mut st = ConnectionState {
+            access_token: Some(SecretString::from("old-at")),
+            last_error: Some("old failure".into()),
+            ..Default::default()
+        };
+        st.times.consecutive_failures = 3;
+        let ignored = import_bootstrap(
+            &mut st,
+            SecretString::from("RT!1"),
+            "d1".into(),
+            a,
+            &policy(),
+            now(),
+        );
+        (st, ignored)
+    }
+
+    fn spec() -> ChainSpec<'static> {
+        ChainSpec {
+            suspend: false,
+            fingerprint: "f",
+            holder: "me",
+        }
+    }
+
+    #[test]
+    fn an_access_token_with_its_expiry_is_published_at_once_and_refreshed_from_that_expiry() {
+        let expires = now() + SignedDuration::from_secs(540);
+        let (st, ignored) = import(access(Some("AT!1"), Some(&expires.to_string())));
+        assert_eq!(ignored, None);
+        assert_eq!(
+            st.access_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string()),
+            Some("AT!1".into())
+        );
+        assert_eq!(st.times.access_token_expires_at, Some(expires));
+        assert_eq!(st.times.consecutive_failures, 0);
+        assert_eq!(st.last_error, None);
+        // Exact's window opens 30 s before the expiry; the refresh token dates from about one
+        // lifetime before it.
+        assert_eq!(
+            st.times.refresh_allowed_from,
+            Some(expires - SignedDuration::from_secs(30))
+        );
+        assert_eq!(
+            st.times.refresh_token_issued_at,
+            Some(now() - SignedDuration::from_secs(60))
+        );
+        // No token call now: the stored token is restored into the workload Secret and the
+        // first refresh is planned refreshBefore (25 s) ahead of the expiry.
+        match decide(&st, &policy(), &spec(), now()) {
+            Decision::Wait { due, why, restore } => {
+                assert!(restore, "the imported token must be published");
+                assert_eq!(why, WaitWhy::Schedule);
+                assert_eq!(due, expires - SignedDuration::from_secs(25));
+            }
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unix_seconds_are_an_expiry_too() {
+        let expires = now() + SignedDuration::from_secs(300);
+        let (st, ignored) = import(access(Some("AT"), Some(&expires.as_second().to_string())));
+        assert_eq!(ignored, None);
+        assert_eq!(st.times.access_token_expires_at, Some(expires));
+    }
+
+    #[test]
+    fn unusable_access_tokens_are_ignored_and_the_refresh_token_is_used_at_once() {
+        let soon = (now() + SignedDuration::from_secs(10)).to_string();
+        let past = (now() - SignedDuration::from_secs(1)).to_string();
+        let far = (now() + SignedDuration::from_secs(3600)).to_string();
+        let ok = (now() + SignedDuration::from_secs(300)).to_string();
+        let cases: Vec<(BootstrapAccess, AccessIgnored)> = vec![
+            (access(Some("AT"), None), AccessIgnored::Incomplete),
+            (access(None, Some(&ok)), AccessIgnored::Incomplete),
+            (
+                access(Some("AT"), Some("tomorrow")),
+                AccessIgnored::Malformed,
+            ),
+            (access(Some("AT"), Some("")), AccessIgnored::Malformed),
+            (
+                access(Some("AT"), Some("99999999999999999999")),
+                AccessIgnored::Malformed,
+            ),
+            (
+                access(Some(" "), Some(&ok)),
+                AccessIgnored::NotAnAccessToken,
+            ),
+            // A mis-pointed key must never publish the refresh token to workloads.
+            (
+                access(Some("RT!1"), Some(&ok)),
+                AccessIgnored::NotAnAccessToken,
+            ),
+            (
+                access(Some("AT"), Some(&past)),
+                AccessIgnored::Expired(past.parse().expect("ts")),
+            ),
+            // Inside refreshBefore: refreshed at once anyway.
+            (
+                access(Some("AT"), Some(&soon)),
+                AccessIgnored::Expired(soon.parse().expect("ts")),
+            ),
+            (
+                access(Some("AT"), Some(&far)),
+                AccessIgnored::TooLate(far.parse().expect("ts")),
+            ),
+        ];
+        for (a, want) in cases {
+            let (st, ignored) = import(a);
+            assert_eq!(ignored.as_ref(), Some(&want));
+            assert!(st.access_token.is_none(), "{want:?}: no access token kept");
+            assert_eq!(st.times.access_token_expires_at, None);
+            assert_eq!(
+                st.refresh_token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_string()),
+                Some("RT!1".into())
+            );
+            assert_eq!(st.bootstrap_digest.as_deref(), Some("d1"));
+            assert_eq!(
+                decide(&st, &policy(), &spec(), now()),
+                Decision::Call { restore: false },
+                "{want:?}"
+            );
+            assert!(!want.to_string().contains("RT!1"));
+        }
+    }
+
+    #[test]
+    fn without_an_access_token_the_import_is_as_before() {
+        let (st, ignored) = import(BootstrapAccess::default());
+        assert_eq!(ignored, None);
+        assert!(st.access_token.is_none());
+        assert_eq!(
+            decide(&st, &policy(), &spec(), now()),
+            Decision::Call { restore: false }
+        );
+    }
+}

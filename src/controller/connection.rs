@@ -94,7 +94,9 @@ fn chain_spec<'a>(conn: &ExactConnection, ctx: &'a Context, r: &'a Resolved) -> 
 }
 
 /// Loads the state and imports a bootstrap refresh token whose value is new. A dead chain
-/// whose inputs changed is marked alive again (the next write stores that).
+/// whose inputs changed is marked alive again (the next write stores that). A bad
+/// `spec.target.template` stops here, before any token call or write: the workload Secret
+/// keeps its last good contents until the template is fixed.
 async fn load(
     conn: &ExactConnection,
     ctx: &Context,
@@ -106,6 +108,9 @@ async fn load(
         state: loaded.state,
         version: loaded.resource_version,
     };
+    if let Err(bad) = template_check(conn, ctx).await {
+        return Ok(Err(bad.with_state(&stored.state, &r.policy)));
+    }
     if let Some(bref) = &conn.spec.refresh_token_secret_ref {
         let ns = conn.namespace().unwrap_or_default();
         match ctx
@@ -116,15 +121,7 @@ async fn load(
             Ok(token) => {
                 let d = digest(token.expose_secret());
                 if stored.state.bootstrap_digest.as_deref() != Some(d.as_str()) {
-                    let mut st = stored.state.clone();
-                    chain::import_bootstrap(&mut st, token, d);
-                    let rv = handle.write(&st, stored.version.as_deref()).await?;
-                    stored = Stored {
-                        state: st,
-                        version: Some(rv),
-                    };
-                    let note = format!("imported a refresh token from Secret {}", bref.name);
-                    event(ctx, conn, EventType::Normal, "BootstrapImported", note).await;
+                    stored = import(conn, ctx, r, handle, stored, token, d).await?;
                 }
             }
             Err(RefError::Api { source, .. }) => return Err(source.into()),
@@ -147,6 +144,105 @@ async fn load(
         stored.state.dead = None;
     }
     Ok(Ok(stored))
+}
+
+/// Imports a new bootstrap refresh token, with the access token and expiry that may sit
+/// next to it in the same Secret (`access_token`, `expires_at`): a usable one is published
+/// at once by the restore that follows, an unusable one is ignored with an Event.
+async fn import(
+    conn: &ExactConnection,
+    ctx: &Context,
+    r: &Resolved,
+    handle: &StateHandle,
+    stored: Stored,
+    token: secrecy::SecretString,
+    token_digest: String,
+) -> Result<Stored, Error> {
+    let Some(bref) = &conn.spec.refresh_token_secret_ref else {
+        return Ok(stored);
+    };
+    let ns = conn.namespace().unwrap_or_default();
+    let read = |key| optional_key(ctx, handle, &ns, &bref.name, key);
+    let access = chain::BootstrapAccess {
+        access_token: read("access_token").await?,
+        expires_at: read("expires_at").await?,
+    };
+    let with_access = access.access_token.is_some();
+    let mut st = stored.state.clone();
+    let ignored = chain::import_bootstrap(
+        &mut st,
+        token,
+        token_digest,
+        access,
+        &r.policy,
+        Timestamp::now(),
+    );
+    let rv = handle.write(&st, stored.version.as_deref()).await?;
+    let note = match (&ignored, with_access) {
+        (None, true) => format!(
+            "imported a refresh token and a current access token from Secret {}",
+            bref.name
+        ),
+        _ => format!("imported a refresh token from Secret {}", bref.name),
+    };
+    event(ctx, conn, EventType::Normal, "BootstrapImported", note).await;
+    if let Some(why) = ignored {
+        let note = format!("{why}; it is ignored and the refresh token is used at once instead");
+        event(
+            ctx,
+            conn,
+            EventType::Warning,
+            "BootstrapAccessTokenIgnored",
+            note,
+        )
+        .await;
+    }
+    Ok(Stored {
+        state: st,
+        version: Some(rv),
+    })
+}
+
+/// A key of a Secret that may be absent (None, like a missing Secret); only API errors fail.
+async fn optional_key(
+    ctx: &Context,
+    handle: &StateHandle,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<secrecy::SecretString>, kube::Error> {
+    match ctx
+        .caches
+        .secret_key(&handle.api, namespace, name, key)
+        .await
+    {
+        Ok(v) => Ok(Some(v)),
+        Err(RefError::Api { source, .. }) => Err(source),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Checks `spec.target.template`; a bad one is a Ready=False InvalidTemplate outcome and an
+/// Event (once per distinct message, not on every reconcile).
+async fn template_check(conn: &ExactConnection, ctx: &Context) -> Result<(), Outcome> {
+    let Err(e) = crate::template::parse_all(&conn.spec.target.template, &crate::publish::KEYS)
+    else {
+        return Ok(());
+    };
+    let message = format!("spec.target.template: {e}; the workload Secret is left as it was");
+    let reported = conn
+        .status
+        .as_ref()
+        .and_then(|s| crate::conditions::find_ready(&s.conditions))
+        .is_some_and(|c| c.reason == crate::template::INVALID_TEMPLATE && c.message == message);
+    if !reported {
+        let (reason, note) = (crate::template::INVALID_TEMPLATE, message.clone());
+        event(ctx, conn, EventType::Warning, reason, note).await;
+    }
+    Err(Outcome::not_ready(
+        crate::template::INVALID_TEMPLATE,
+        message,
+    ))
 }
 
 /// One exchange of the stored refresh token, then what its end means for the connection.
