@@ -43,6 +43,10 @@ pub struct Discovered {
     pub at: jiff::Timestamp,
     /// The divisions.
     pub divisions: Vec<DivisionInfo>,
+    /// The refresh-request annotation value this discovery answered.
+    pub request: Option<String>,
+    /// Why the last try failed (the divisions are then the ones known before).
+    pub error: Option<String>,
 }
 
 impl Caches {

@@ -30,6 +30,8 @@ pub struct WorkloadToken<'a> {
     pub division: Option<i64>,
     /// REST base of the client (e.g. https://start.exactonline.nl/api).
     pub api_base_url: &'a str,
+    /// The `divisions` key (JSON array), when the connection serves several divisions.
+    pub divisions: Option<String>,
 }
 
 /// Builds the workload Secret's data.
@@ -46,10 +48,18 @@ pub fn workload_data(t: &WorkloadToken<'_>) -> BTreeMap<String, ByteString> {
         division,
         api,
     ];
-    KEYS.iter()
+    let mut data: BTreeMap<String, ByteString> = KEYS
+        .iter()
         .zip(values)
         .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-        .collect()
+        .collect();
+    if let Some(divisions) = &t.divisions {
+        data.insert(
+            "divisions".into(),
+            ByteString(divisions.clone().into_bytes()),
+        );
+    }
+    data
 }
 
 /// Outcome of publishing.
@@ -149,6 +159,7 @@ pub async fn publish_from_state(
         expires_at,
         division: conn.spec.division.or(state.division),
         api_base_url: &r.settings.api_base_url,
+        divisions: crate::divisions::workload_value(ctx, conn, &r.settings.api_base_url),
     });
     let name = conn.name_any();
     let target = Target {
@@ -179,6 +190,7 @@ mod tests {
             expires_at: Timestamp::from_second(1_800_000_000).expect("valid"),
             division: Some(42),
             api_base_url: "https://start.exactonline.nl/api",
+            divisions: None,
         });
         let keys: Vec<&str> = data.keys().map(String::as_str).collect();
         assert_eq!(

@@ -172,3 +172,124 @@ async fn a_second_consent_by_the_same_user_is_reported_on_both_and_named_when_th
     assert!(!new_message.contains("replaced"), "{new_message}");
     op.stop().await;
 }
+
+/// Reads the connection's workload Secret and calls `crm/Accounts` of `api_base_url` with
+/// its token, as a workload would: the answer's status and body.
+async fn accounts(token: &str, api_base_url: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{api_base_url}/crm/Accounts?$select=ID,Name&$top=1"
+        ))
+        .bearer_auth(token)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("accounts");
+    let code = resp.status().as_u16();
+    (code, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn one_consent_serves_two_divisions_to_two_workloads() {
+    init_tracing();
+    let cfg = fast_sim().with_user(jan());
+    let TestEnv { admin, ns, sim } = test_env(cfg, serde_json::json!({})).await;
+    let op = Operator::start(&ns, "op").await;
+    let token = sim
+        .seed_connection_for_user("app-1", "books", "jan")
+        .expect("jan is configured");
+    put_secret(&admin, &ns, "books-bootstrap", &[("refresh-token", &token)]).await;
+    let spec = |divisions: serde_json::Value| {
+        serde_json::json!({
+            "clientRef": {"name": "app"},
+            "refreshTokenSecretRef": {"name": "books-bootstrap", "key": "refresh-token"},
+            "refreshBefore": "1s",
+            "divisions": divisions,
+        })
+    };
+    // 300 is a company jan may not open.
+    put_connection(
+        &admin,
+        &ns,
+        "books",
+        spec(serde_json::json!([100, 200, 300])),
+    )
+    .await;
+    wait_published(&admin, &ns, "books").await;
+    let status = support::wait_for(Duration::from_secs(20), || async {
+        let s = status_of(&admin, &ns, "books").await?;
+        (s.divisions.len() == 2).then_some(s)
+    })
+    .await
+    .expect("status lists the divisions");
+    assert_eq!(
+        status
+            .divisions
+            .iter()
+            .map(|d| d.division)
+            .collect::<Vec<_>>(),
+        vec![100, 200]
+    );
+    assert_eq!(status.divisions[1].name.as_deref(), Some("Jan Retail"));
+    let available = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DivisionsAvailable")
+        .expect("DivisionsAvailable");
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("False", "DivisionNotAccessible")
+    );
+    assert!(available.message.contains("300"), "{}", available.message);
+    let (ok, _, _) = ready_of(&admin, &ns, "books").await.expect("ready");
+    assert_eq!(ok, "True", "a bad division code loses nothing else");
+
+    // The primary keys stay as before; the divisions key serves both companies.
+    let data = secret_data(&admin, &ns, "books-exact-token")
+        .await
+        .expect("workload secret");
+    assert_eq!(data["division"], "100");
+    assert!(data["api_base_url"].ends_with("/api/v1/100"));
+    assert!(!data.contains_key("refresh_token"));
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&data["divisions"]).expect("divisions key is JSON");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    // Two workloads, one per company, each with the same token and its own base URL.
+    for (entry, code) in entries.iter().zip([100, 200]) {
+        assert_eq!(entry["division"], code);
+        let base = entry["api_base_url"].as_str().expect("api_base_url");
+        assert!(base.ends_with(&format!("/api/v1/{code}")), "{base}");
+        let (status, body) = accounts(&data["access_token"], base).await;
+        assert_eq!(status, 200, "{code}: {body}");
+        assert!(body.contains(&format!("/api/v1/{code}/")), "{code}: {body}");
+    }
+    let base_300 = data["api_base_url"].replace("/v1/100", "/v1/300");
+    assert_ne!(
+        accounts(&data["access_token"], &base_300).await.0,
+        200,
+        "300 is refused"
+    );
+
+    // A spec change publishes the new set at once, with no new consent.
+    put_connection(&admin, &ns, "books", spec(serde_json::json!([200]))).await;
+    let entries = support::wait_for(Duration::from_secs(20), || async {
+        let data = secret_data(&admin, &ns, "books-exact-token").await?;
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&data["divisions"]).ok()?;
+        (entries.len() == 1).then_some(entries)
+    })
+    .await
+    .expect("one division now");
+    assert_eq!(entries[0]["division"], 200);
+    let healed = support::wait_for(Duration::from_secs(20), || async {
+        let s = status_of(&admin, &ns, "books").await?;
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "DivisionsAvailable" && c.status == "True")
+    })
+    .await;
+    assert!(
+        healed.is_some(),
+        "DivisionsAvailable=True once every code is open to jan"
+    );
+    op.stop().await;
+}

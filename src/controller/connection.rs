@@ -57,6 +57,7 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     let spec = chain_spec(conn, ctx, &r);
     let now = Timestamp::now();
     let decision = chain::decide(&stored.state, &r.policy, &spec, now);
+    crate::divisions::ensure(ctx, conn, &r, &stored.state).await;
     // Restore the workload Secret from state when it was edited or deleted: no token call.
     let restore = matches!(
         decision,
@@ -215,6 +216,7 @@ async fn report(
             {
                 identify(ctx, conn, r, handle, &mut state, version, false).await;
             }
+            crate::divisions::ensure(ctx, conn, r, &state).await;
             if publish_from_state(ctx, conn, r, &state).await? == Published::Conflict {
                 return Ok(conflict(r).with_state(&state, &r.policy));
             }

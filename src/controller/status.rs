@@ -171,6 +171,8 @@ fn project(
     let condition = ready(&prev.conditions, ok, reason, &message, generation, now);
     let mut conditions = vec![condition];
     conditions.extend(same_user.condition(prev, generation, now));
+    let served = ServedDivisions::of(ctx, conn);
+    conditions.extend(served.condition(prev, generation, now));
     let status = ExactConnectionStatus {
         conditions,
         observed_generation: generation,
@@ -203,6 +205,8 @@ fn project(
             .or(prev.handled_refresh_request.clone()),
         secret_name: Some(crate::resolve::target_name(conn)),
         message: Some(message),
+        divisions: served.selection.published,
+        divisions_discovered_at: served.discovered_at,
         ..Default::default()
     };
     Some((status, reason))
@@ -346,3 +350,91 @@ async fn announce_duplicate(
         ctx.caches.reconcile_soon(peer);
     }
 }
+
+/// The divisions a connection serves besides its primary one (spec.divisions or
+/// spec.allDivisions), as last discovered.
+struct ServedDivisions {
+    wanted: bool,
+    selection: crate::divisions::Selection,
+    discovered_at: Option<Timestamp>,
+    error: Option<String>,
+}
+
+impl ServedDivisions {
+    fn of(ctx: &Context, conn: &ExactConnection) -> Self {
+        let wanted = crate::divisions::wanted(&conn.spec);
+        let known = wanted.then(|| crate::divisions::known(ctx, conn)).flatten();
+        ServedDivisions {
+            wanted,
+            selection: known
+                .as_ref()
+                .map(|k| crate::divisions::select(&conn.spec, &k.divisions))
+                .unwrap_or_default(),
+            discovered_at: known.as_ref().map(|k| k.at),
+            error: known.and_then(|k| k.error),
+        }
+    }
+
+    /// DivisionsAvailable: True when every requested division is one the user may open,
+    /// False naming the ones it may not; absent until first discovered.
+    fn condition(
+        &self,
+        prev: &ExactConnectionStatus,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Option<Condition> {
+        if !self.wanted {
+            return None;
+        }
+        self.discovered_at?;
+        let missing = &self.selection.missing;
+        let (status, reason, mut message) = if missing.is_empty() {
+            let codes: Vec<String> = self
+                .selection
+                .published
+                .iter()
+                .map(|d| d.division.to_string())
+                .collect();
+            (
+                "True",
+                "DivisionsPublished",
+                format!(
+                    "divisions {} published in the divisions key",
+                    codes.join(", ")
+                ),
+            )
+        } else {
+            let codes: Vec<String> = missing.iter().map(i64::to_string).collect();
+            (
+                "False",
+                "DivisionNotAccessible",
+                format!(
+                    "the consenting Exact user may not open division(s) {}: left out of the divisions key; the others are published",
+                    codes.join(", ")
+                ),
+            )
+        };
+        if let Some(e) = &self.error {
+            message = format!(
+                "{message} (last discovery failed: {e}; showing the divisions known before)"
+            );
+        }
+        let since = prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DIVISIONS_AVAILABLE && c.status == status)
+            .map(|c| c.last_transition_time)
+            .unwrap_or(now);
+        Some(Condition {
+            type_: DIVISIONS_AVAILABLE.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: generation,
+        })
+    }
+}
+
+/// Condition type about the divisions a connection serves.
+pub const DIVISIONS_AVAILABLE: &str = "DivisionsAvailable";
