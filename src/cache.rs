@@ -3,8 +3,9 @@
 //! values of referenced Secret keys (reused while their Secret's resourceVersion is
 //! unchanged) and the last status written per connection.
 
-use crate::crd::{ExactConnectionStatus, ExactOAuthClient};
+use crate::crd::{DivisionInfo, ExactConnection, ExactConnectionStatus, ExactOAuthClient};
 use crate::secrets::{read_key_versioned, RefError};
+use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -22,6 +23,30 @@ pub struct Caches {
     secret_meta: RwLock<Option<Store<PartialObjectMeta<Secret>>>>,
     values: Mutex<HashMap<KeyId, (String, SecretString)>>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
+    peers: PeerCaches,
+}
+
+/// What connections learn about each other: the watched connections (for same-user
+/// checks, no LIST per reconcile), a way to have another connection reconciled, and the
+/// divisions discovered per connection uid.
+#[derive(Default)]
+struct PeerCaches {
+    connections: RwLock<Option<Store<ExactConnection>>>,
+    trigger: Mutex<Option<UnboundedSender<ObjectRef<ExactConnection>>>>,
+    divisions: Mutex<HashMap<String, Discovered>>,
+}
+
+/// Divisions a connection's user may open, as last discovered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    /// When they were asked.
+    pub at: jiff::Timestamp,
+    /// The divisions.
+    pub divisions: Vec<DivisionInfo>,
+    /// The refresh-request annotation value this discovery answered.
+    pub request: Option<String>,
+    /// Why the last try failed (the divisions are then the ones known before).
+    pub error: Option<String>,
 }
 
 impl Caches {
@@ -97,6 +122,50 @@ impl Caches {
         };
         if let Ok(mut s) = self.statuses.lock() {
             s.insert(uid.to_string(), (rv, status.clone()));
+        }
+    }
+
+    /// Installs the connection store and the trigger of the connection controller run.
+    pub fn install_connections(
+        &self,
+        connections: Store<ExactConnection>,
+        trigger: UnboundedSender<ObjectRef<ExactConnection>>,
+    ) {
+        if let Ok(mut c) = self.peers.connections.write() {
+            *c = Some(connections);
+        }
+        if let Ok(mut t) = self.peers.trigger.lock() {
+            *t = Some(trigger);
+        }
+    }
+
+    /// Every watched connection (empty before the controller runs).
+    pub fn connections(&self) -> Vec<Arc<ExactConnection>> {
+        self.peers
+            .connections
+            .read()
+            .ok()
+            .and_then(|s| s.clone())
+            .map(|s| s.state())
+            .unwrap_or_default()
+    }
+
+    /// Asks the connection controller to reconcile `conn` soon.
+    pub fn reconcile_soon(&self, conn: ObjectRef<ExactConnection>) {
+        if let Some(tx) = self.peers.trigger.lock().ok().and_then(|t| t.clone()) {
+            let _ = tx.unbounded_send(conn);
+        }
+    }
+
+    /// The divisions last discovered for the connection with `uid`.
+    pub fn divisions(&self, uid: &str) -> Option<Discovered> {
+        self.peers.divisions.lock().ok()?.get(uid).cloned()
+    }
+
+    /// Remembers discovered divisions.
+    pub fn remember_divisions(&self, uid: &str, found: Discovered) {
+        if let Ok(mut d) = self.peers.divisions.lock() {
+            d.insert(uid.to_string(), found);
         }
     }
 }

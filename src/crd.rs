@@ -121,6 +121,11 @@ pub struct ExactOAuthClientSpec {
     /// "*" allows every namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_namespaces: Vec<String>,
+    /// Exact's daily cap on token calls per user of this app (rolling 24 h). Retries after
+    /// failures stop before a user's calls would reach it, keeping room for the regular
+    /// refreshes. Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_calls_per_day: Option<u32>,
 }
 
 /// Observed state of an ExactOAuthClient.
@@ -209,6 +214,17 @@ pub struct ExactConnectionSpec {
     /// refresh well before it would expire unused.
     #[serde(default)]
     pub suspend: bool,
+    /// More divisions (companies) the one consent serves: their codes. The user's access
+    /// token works for every division the user may open; the workload Secret then gains a
+    /// `divisions` key (JSON array of {division, name, api_base_url}). Codes the user may
+    /// not open are reported in the DivisionsAvailable condition and left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub divisions: Vec<i64>,
+    /// Serve every division the user may open (discovered via hrm/Divisions with the
+    /// connection's access token, hourly and on `kubectl exact refresh`), in the
+    /// `divisions` key. `spec.divisions` is then ignored.
+    #[serde(default)]
+    pub all_divisions: bool,
 }
 
 /// Observed state of an ExactConnection. Never contains a token.
@@ -275,6 +291,33 @@ pub struct ExactConnectionStatus {
     /// A short human-readable account of the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The divisions published in the workload Secret's `divisions` key (spec.divisions or
+    /// spec.allDivisions), as discovered with the user's token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub divisions: Vec<DivisionInfo>,
+    /// When the user's divisions were last discovered (hrm/Divisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub divisions_discovered_at: Option<Timestamp>,
+    /// Token calls this connection made in the rolling 24 h (hourly buckets, so up to one
+    /// hour more than 24 h may be counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_calls24h: Option<u32>,
+    /// Token calls of this connection's Exact user on this client in the rolling 24 h,
+    /// across all its connections: what Exact's daily cap counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_user_token_calls24h: Option<u32>,
+}
+
+/// One division (company) a connection serves.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DivisionInfo {
+    /// Division code (the path segment of REST URLs).
+    pub division: i64,
+    /// Its Description in Exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A status condition following Kubernetes API conventions.

@@ -189,6 +189,7 @@ mod tests {
             refresh_token_expires_in: None,
             refresh_window: None,
             allowed_namespaces: vec![],
+            token_calls_per_day: None,
         }
     }
 

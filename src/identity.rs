@@ -1,14 +1,17 @@
 //! Who a connection's token belongs to: `/api/v1/current/Me` (user, current division),
 //! recorded in state, with an Event when a consent changed the person or company.
 
+use crate::conditions::{find_ready, reason};
 use crate::context::Context;
-use crate::crd::ExactConnection;
+use crate::controller::client_key;
+use crate::crd::{ExactConnection, ExactConnectionStatus};
 use crate::events::event;
 use crate::resolve::Resolved;
 use crate::state::ConnectionState;
 use crate::state_store::StateHandle;
 use crate::token::who_am_i;
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
 /// Asks Me with the state's access token (a REST call, not a token call) and stores the
 /// answer. `new_consent`: the chain was just created by a consent, so a different user or
@@ -48,5 +51,199 @@ pub async fn identify(
             event(ctx, conn, EventType::Warning, "DivisionDiscoveryFailed", e).await;
         }
         Err(e) => tracing::debug!(error = %e, "Me request failed; the user is asked again later"),
+    }
+}
+
+/// Condition type set (True) while another connection on the same client holds a consent
+/// of the same Exact user.
+pub const DUPLICATE_USER: &str = "DuplicateUser";
+
+/// Another connection on the same ExactOAuthClient whose consent is the same Exact user's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SameUser {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its chain is dead (ReauthorizationRequired): it is the replaced one.
+    pub dead: bool,
+    /// Its uid.
+    pub uid: String,
+}
+
+impl SameUser {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The connections among `all` (with their freshest status, from `status_of`) on the
+/// same client as `me` whose Exact user is `user_id`, in a stable order. Pure.
+pub fn same_user_peers(
+    me: &ExactConnection,
+    user_id: &str,
+    all: &[std::sync::Arc<ExactConnection>],
+    status_of: impl Fn(&ExactConnection) -> Option<ExactConnectionStatus>,
+) -> Vec<SameUser> {
+    let my_client = client_key(me);
+    let my_uid = me.uid();
+    let mut peers: Vec<SameUser> = all
+        .iter()
+        .filter(|c| c.uid() != my_uid && client_key(c) == my_client)
+        .filter_map(|c| {
+            let status = status_of(c)?;
+            (status.exact_user_id.as_deref() == Some(user_id)).then(|| SameUser {
+                namespace: c.namespace().unwrap_or_default(),
+                name: c.name_any(),
+                dead: find_ready(&status.conditions)
+                    .is_some_and(|r| r.reason == reason::REAUTHORIZATION_REQUIRED),
+                uid: c.uid().unwrap_or_default(),
+            })
+        })
+        .collect();
+    peers.sort_by_key(SameUser::id);
+    peers
+}
+
+/// The DuplicateUser condition's message. Pure.
+pub fn duplicate_message(user: &str, peers: &[SameUser]) -> String {
+    let names: Vec<String> = peers.iter().map(SameUser::id).collect();
+    format!(
+        "Exact user {user} also consented on connection {} (same ExactOAuthClient): Exact keeps one grant per user per app, so the older consent's chain stops working; serve several divisions from one connection with spec.divisions instead",
+        names.join(", ")
+    )
+}
+
+/// What to add to a ReauthorizationRequired message when a live connection of the same
+/// user exists: its newer consent replaced this grant. Pure.
+pub fn replaced_note(user: &str, peers: &[SameUser]) -> Option<String> {
+    let live: Vec<String> = peers.iter().filter(|p| !p.dead).map(SameUser::id).collect();
+    (!live.is_empty()).then(|| {
+        format!(
+            "a newer consent by the same Exact user {user} on connection {} replaced this grant (Exact keeps one grant per user per app)",
+            live.join(", ")
+        )
+    })
+}
+
+/// [`same_user_peers`] over the watched connections, each with the freshest status known.
+pub fn peers_in_cache(ctx: &Context, me: &ExactConnection, user_id: &str) -> Vec<SameUser> {
+    let all = ctx.caches.connections();
+    same_user_peers(me, user_id, &all, |c| {
+        ctx.caches
+            .last_status(
+                &c.uid().unwrap_or_default(),
+                c.metadata.resource_version.as_deref(),
+            )
+            .or_else(|| c.status.clone())
+    })
+}
+
+/// How a user is named in messages: the user name when known, else the UserID.
+pub fn user_label(id: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("{n} (UserID {id})"),
+        None => format!("UserID {id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::ready;
+    use crate::crd::{ClientRef, ExactConnectionSpec, TargetSecret};
+    use std::sync::Arc;
+
+    fn conn(
+        ns: &str,
+        name: &str,
+        client: &str,
+        user: Option<&str>,
+        why: &str,
+    ) -> Arc<ExactConnection> {
+        let mut c = ExactConnection::new(
+            name,
+            ExactConnectionSpec {
+                client_ref: ClientRef {
+                    name: client.into(),
+                    namespace: Some("apps".into()),
+                },
+                refresh_token_secret_ref: None,
+                division: None,
+                target: TargetSecret::default(),
+                refresh_before: None,
+                suspend: false,
+                divisions: vec![],
+                all_divisions: false,
+            },
+        );
+        c.metadata.namespace = Some(ns.into());
+        c.metadata.uid = Some(format!("uid-{ns}-{name}"));
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("valid");
+        c.status = Some(ExactConnectionStatus {
+            conditions: vec![ready(
+                &[],
+                why == reason::TOKEN_PUBLISHED,
+                why,
+                "",
+                None,
+                now,
+            )],
+            exact_user_id: user.map(str::to_string),
+            ..Default::default()
+        });
+        Arc::new(c)
+    }
+
+    #[test]
+    fn peers_are_same_user_on_same_client_only() {
+        let me = conn(
+            "a",
+            "old",
+            "app",
+            Some("u1"),
+            reason::REAUTHORIZATION_REQUIRED,
+        );
+        let all = vec![
+            me.clone(),
+            conn("b", "new", "app", Some("u1"), reason::TOKEN_PUBLISHED),
+            conn(
+                "b",
+                "other-user",
+                "app",
+                Some("u2"),
+                reason::TOKEN_PUBLISHED,
+            ),
+            conn(
+                "b",
+                "other-app",
+                "app-2",
+                Some("u1"),
+                reason::TOKEN_PUBLISHED,
+            ),
+            conn("b", "unknown-user", "app", None, reason::TOKEN_PUBLISHED),
+        ];
+        let peers = same_user_peers(&me, "u1", &all, |c| c.status.clone());
+        assert_eq!(
+            peers.iter().map(SameUser::id).collect::<Vec<_>>(),
+            vec!["b/new"]
+        );
+        assert!(!peers[0].dead);
+        let msg = duplicate_message("jan (UserID u1)", &peers);
+        assert!(msg.contains("b/new") && msg.contains("jan"), "{msg}");
+        let note = replaced_note("jan", &peers).expect("a live newer consent");
+        assert!(
+            note.contains("newer consent") && note.contains("b/new"),
+            "{note}"
+        );
+        // Seen from the live one, the peer is dead: no replacement note.
+        let from_new = same_user_peers(&all[1], "u1", &all, |c| c.status.clone());
+        assert_eq!(
+            from_new.iter().map(SameUser::id).collect::<Vec<_>>(),
+            vec!["a/old"]
+        );
+        assert!(from_new[0].dead);
+        assert_eq!(replaced_note("jan", &from_new), None);
     }
 }

@@ -9,6 +9,7 @@ pub mod consent;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod divisions;
 pub mod duration;
 pub mod endpoints;
 pub mod events;

@@ -20,6 +20,16 @@ pub const KEYS: [&str; 5] = [
     "api_base_url",
 ];
 
+/// Keys the operator writes besides the standard ones; templates may not use these either.
+pub const OPERATOR_KEYS: [&str; 6] = [
+    "access_token",
+    "token_type",
+    "expires_at",
+    "division",
+    "api_base_url",
+    "divisions",
+];
+
 /// What workloads get.
 pub struct WorkloadToken<'a> {
     /// The access token.
@@ -30,6 +40,8 @@ pub struct WorkloadToken<'a> {
     pub division: Option<i64>,
     /// REST base of the client (e.g. https://start.exactonline.nl/api).
     pub api_base_url: &'a str,
+    /// The `divisions` key (JSON array), when the connection serves several divisions.
+    pub divisions: Option<String>,
 }
 
 /// Builds the workload Secret's data.
@@ -46,10 +58,18 @@ pub fn workload_data(t: &WorkloadToken<'_>) -> BTreeMap<String, ByteString> {
         division,
         api,
     ];
-    KEYS.iter()
+    let mut data: BTreeMap<String, ByteString> = KEYS
+        .iter()
         .zip(values)
         .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-        .collect()
+        .collect();
+    if let Some(divisions) = &t.divisions {
+        data.insert(
+            "divisions".into(),
+            ByteString(divisions.clone().into_bytes()),
+        );
+    }
+    data
 }
 
 /// Adds the keys rendered from `spec.target.template` to the standard `data`. The
@@ -177,12 +197,14 @@ pub async fn publish_from_state(
         expires_at,
         division: conn.spec.division.or(state.division),
         api_base_url: &r.settings.api_base_url,
+        divisions: crate::divisions::workload_value(ctx, conn, &r.settings.api_base_url),
     });
     let name = conn.name_any();
     let namespace = conn.namespace().unwrap_or_default();
     // A bad template leaves the last good Secret as it is (load() reports it before any
     // token call; this guards the paths that publish without going through load()).
-    let Ok(templates) = crate::template::parse_all(&conn.spec.target.template, &KEYS) else {
+    let Ok(templates) = crate::template::parse_all(&conn.spec.target.template, &OPERATOR_KEYS)
+    else {
         return Ok(Published::Unchanged);
     };
     add_templated(&mut data, &templates, &name, &namespace);
@@ -213,6 +235,7 @@ mod tests {
             expires_at: Timestamp::from_second(1_800_000_000).expect("valid"),
             division: Some(42),
             api_base_url: "https://start.exactonline.nl/api",
+            divisions: None,
         });
         let keys: Vec<&str> = data.keys().map(String::as_str).collect();
         assert_eq!(
@@ -242,6 +265,7 @@ mod tests {
             expires_at: Timestamp::from_second(1_800_000_000).expect("valid"),
             division: Some(42),
             api_base_url: "https://start.exactonline.nl/api",
+            divisions: None,
         });
         let spec = BTreeMap::from([
             (
@@ -253,7 +277,12 @@ mod tests {
                 "{\"access_token\": {{ access_token | json }}, \"base\": {{ api_base_url | json }}, \"name\": \"{{ connection_namespace }}/{{ connection_name }}\"}".to_string(),
             ),
         ]);
-        let templates = crate::template::parse_all(&spec, &KEYS).expect("valid");
+        let templates = crate::template::parse_all(&spec, &OPERATOR_KEYS).expect("valid");
+        assert!(crate::template::parse_all(
+            &BTreeMap::from([("divisions".to_string(), "x".to_string())]),
+            &OPERATOR_KEYS
+        )
+        .is_err());
         add_templated(&mut data, &templates, "acme", "finance");
         assert_eq!(data["Authorization"].0, b"Bearer AT!x");
         assert_eq!(

@@ -57,6 +57,7 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     let spec = chain_spec(conn, ctx, &r);
     let now = Timestamp::now();
     let decision = chain::decide(&stored.state, &r.policy, &spec, now);
+    crate::divisions::ensure(ctx, conn, &r, &stored.state).await;
     // Restore the workload Secret from state when it was edited or deleted: no token call.
     let restore = matches!(
         decision,
@@ -225,7 +226,8 @@ async fn optional_key(
 /// Checks `spec.target.template`; a bad one is a Ready=False InvalidTemplate outcome and an
 /// Event (once per distinct message, not on every reconcile).
 async fn template_check(conn: &ExactConnection, ctx: &Context) -> Result<(), Outcome> {
-    let Err(e) = crate::template::parse_all(&conn.spec.target.template, &crate::publish::KEYS)
+    let Err(e) =
+        crate::template::parse_all(&conn.spec.target.template, &crate::publish::OPERATOR_KEYS)
     else {
         return Ok(());
     };
@@ -304,11 +306,14 @@ async fn report(
     let spec = chain_spec(conn, ctx, r);
     match end {
         End::Rotated => {
-            // Me is asked only when the division is needed (an explicit division costs no
-            // call); a consent always asks it, to know who consented.
-            if conn.spec.division.is_none() && state.division.is_none() {
+            // Me is asked only when the division or the user is unknown (an explicit
+            // division costs no call once the user is known); a consent always asks it.
+            if (conn.spec.division.is_none() && state.division.is_none())
+                || state.exact_user_id.is_none()
+            {
                 identify(ctx, conn, r, handle, &mut state, version, false).await;
             }
+            crate::divisions::ensure(ctx, conn, r, &state).await;
             if publish_from_state(ctx, conn, r, &state).await? == Published::Conflict {
                 return Ok(conflict(r).with_state(&state, &r.policy));
             }
@@ -331,7 +336,10 @@ async fn report(
                 .as_ref()
                 .map(|d| (d.reason.clone(), d.message.clone()))
                 .unwrap_or_else(|| (reason::REAUTHORIZATION_REQUIRED.into(), String::new()));
-            event(ctx, conn, EventType::Warning, &why, message.clone()).await;
+            let note = replaced_by_note(ctx, conn, &state)
+                .filter(|_| why == reason::REAUTHORIZATION_REQUIRED);
+            let told = note.map_or(message.clone(), |n| format!("{message}; {n}"));
+            event(ctx, conn, EventType::Warning, &why, told).await;
             return Ok(
                 Outcome::not_ready(reason_constant(&why), message).with_state(&state, &r.policy)
             );
@@ -342,6 +350,19 @@ async fn report(
         End::Failed { .. } | End::TooEarly | End::CodeRefused { .. } => {}
     }
     Ok(steady(conn, r, &spec, &state, now))
+}
+
+/// When the chain died and a live connection of the same Exact user exists: that its newer
+/// consent replaced this grant.
+fn replaced_by_note(
+    ctx: &Context,
+    conn: &ExactConnection,
+    state: &ConnectionState,
+) -> Option<String> {
+    let user = state.exact_user_id.as_deref()?;
+    let peers = crate::identity::peers_in_cache(ctx, conn, user);
+    let label = crate::identity::user_label(user, state.exact_user_name.as_deref());
+    crate::identity::replaced_note(&label, &peers)
 }
 
 /// Maps a stored reason string to the static reason constant.

@@ -44,7 +44,8 @@ fn error_policy<K>(_obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
-fn client_key(conn: &ExactConnection) -> (String, String) {
+/// (namespace, name) of the ExactOAuthClient a connection uses.
+pub fn client_key(conn: &ExactConnection) -> (String, String) {
     let ns = conn
         .spec
         .client_ref
@@ -166,6 +167,9 @@ async fn run_connections(
         .reflect(meta_writer)
         .touched_objects();
     ctx.caches.install(client_store.clone(), meta_store);
+    // Another connection's finding (e.g. the same Exact user) reconciles this one.
+    let (peer_tx, peer_rx) = futures::channel::mpsc::unbounded();
+    ctx.caches.install_connections(conn_store.clone(), peer_tx);
     let by_client = conn_store.clone();
     let by_secret = (conn_store.clone(), client_store);
     Controller::for_stream(conn_stream, conn_store)
@@ -180,6 +184,7 @@ async fn run_connections(
         .watches_stream(secret_meta, move |s| {
             connections_for_secret(&s, &by_secret.0, &by_secret.1)
         })
+        .reconcile_on(peer_rx)
         .graceful_shutdown_on(stop)
         .run(connection::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()))

@@ -5,12 +5,18 @@ use super::Error;
 use crate::conditions::ready;
 use crate::consent;
 use crate::context::Context;
+use crate::crd::Condition;
 use crate::crd::{ExactConnection, ExactConnectionStatus};
+use crate::identity::{
+    duplicate_message, peers_in_cache, replaced_note, user_label, SameUser, DUPLICATE_USER,
+};
 use crate::metrics::ConnectionTimes;
 use crate::schedule::{refresh_token_expires_at, RefreshPolicy};
 use crate::state::ConnectionState;
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use std::time::Duration;
 
@@ -140,6 +146,7 @@ pub async fn write_status(
         .await?;
     ctx.caches
         .remember_status(&uid, written.metadata.resource_version.as_deref(), &status);
+    announce_duplicate(conn, ctx, &prev, &status).await;
     Ok(())
 }
 
@@ -152,11 +159,22 @@ fn project(
     prev: &ExactConnectionStatus,
     now: Timestamp,
 ) -> Option<(ExactConnectionStatus, &'static str)> {
-    let (ok, reason, message) = out.ready?;
+    let (ok, reason, mut message) = out.ready.clone()?;
     let generation = conn.metadata.generation;
+    let same_user = SameUserFacts::of(conn, ctx, &out, prev);
+    if let (true, Some(note)) = (
+        reason == crate::conditions::reason::REAUTHORIZATION_REQUIRED,
+        same_user.replaced_note(),
+    ) {
+        message = format!("{message}; {note}");
+    }
     let condition = ready(&prev.conditions, ok, reason, &message, generation, now);
+    let mut conditions = vec![condition];
+    conditions.extend(same_user.condition(prev, generation, now));
+    let served = ServedDivisions::of(ctx, conn);
+    conditions.extend(served.condition(prev, generation, now));
     let status = ExactConnectionStatus {
-        conditions: vec![condition],
+        conditions,
         observed_generation: generation,
         access_token_expires_at: out.access_token_expires_at,
         last_refresh_time: out.last_refresh_time,
@@ -187,6 +205,9 @@ fn project(
             .or(prev.handled_refresh_request.clone()),
         secret_name: Some(crate::resolve::target_name(conn)),
         message: Some(message),
+        divisions: served.selection.published,
+        divisions_discovered_at: served.discovered_at,
+        ..Default::default()
     };
     Some((status, reason))
 }
@@ -228,3 +249,192 @@ fn authorization_url(
 fn same_status(a: &ExactConnectionStatus, b: &ExactConnectionStatus) -> bool {
     a == b
 }
+
+/// Who else on the same client holds a consent of this connection's Exact user.
+struct SameUserFacts {
+    label: String,
+    peers: Vec<SameUser>,
+}
+
+impl SameUserFacts {
+    fn of(
+        conn: &ExactConnection,
+        ctx: &Context,
+        out: &Outcome,
+        prev: &ExactConnectionStatus,
+    ) -> Self {
+        let id = out.exact_user_id.clone().or(prev.exact_user_id.clone());
+        let name = out.exact_user_name.clone().or(prev.exact_user_name.clone());
+        let Some(id) = id else {
+            return SameUserFacts {
+                label: String::new(),
+                peers: vec![],
+            };
+        };
+        SameUserFacts {
+            label: user_label(&id, name.as_deref()),
+            peers: peers_in_cache(ctx, conn, &id),
+        }
+    }
+
+    fn replaced_note(&self) -> Option<String> {
+        replaced_note(&self.label, &self.peers)
+    }
+
+    /// DuplicateUser=True while such connections exist (absent otherwise).
+    fn condition(
+        &self,
+        prev: &ExactConnectionStatus,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Option<Condition> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        let since = prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DUPLICATE_USER && c.status == "True")
+            .map(|c| c.last_transition_time)
+            .unwrap_or(now);
+        Some(Condition {
+            type_: DUPLICATE_USER.into(),
+            status: "True".into(),
+            reason: "SameExactUser".into(),
+            message: duplicate_message(&self.label, &self.peers),
+            last_transition_time: since,
+            observed_generation: generation,
+        })
+    }
+}
+
+/// The DuplicateUser condition's message, if any.
+fn duplicate_of(status: &ExactConnectionStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DUPLICATE_USER)
+        .map(|c| c.message.as_str())
+}
+
+/// A newly found (or changed) same-user duplicate: an Event here, and the other
+/// connections reconciled soon so they report it too (after the watch saw this status).
+async fn announce_duplicate(
+    conn: &ExactConnection,
+    ctx: &Context,
+    prev: &ExactConnectionStatus,
+    status: &ExactConnectionStatus,
+) {
+    let Some(message) = duplicate_of(status) else {
+        return;
+    };
+    if duplicate_of(prev) == Some(message) {
+        return;
+    }
+    crate::events::event(
+        ctx,
+        conn,
+        EventType::Warning,
+        "DuplicateUser",
+        message.to_string(),
+    )
+    .await;
+    let Some(user) = status.exact_user_id.as_deref() else {
+        return;
+    };
+    let peers: Vec<ObjectRef<ExactConnection>> = peers_in_cache(ctx, conn, user)
+        .into_iter()
+        .map(|p| ObjectRef::new(&p.name).within(&p.namespace))
+        .collect();
+    for peer in peers {
+        ctx.caches.reconcile_soon(peer);
+    }
+}
+
+/// The divisions a connection serves besides its primary one (spec.divisions or
+/// spec.allDivisions), as last discovered.
+struct ServedDivisions {
+    wanted: bool,
+    selection: crate::divisions::Selection,
+    discovered_at: Option<Timestamp>,
+    error: Option<String>,
+}
+
+impl ServedDivisions {
+    fn of(ctx: &Context, conn: &ExactConnection) -> Self {
+        let wanted = crate::divisions::wanted(&conn.spec);
+        let known = wanted.then(|| crate::divisions::known(ctx, conn)).flatten();
+        ServedDivisions {
+            wanted,
+            selection: known
+                .as_ref()
+                .map(|k| crate::divisions::select(&conn.spec, &k.divisions))
+                .unwrap_or_default(),
+            discovered_at: known.as_ref().map(|k| k.at),
+            error: known.and_then(|k| k.error),
+        }
+    }
+
+    /// DivisionsAvailable: True when every requested division is one the user may open,
+    /// False naming the ones it may not; absent until first discovered.
+    fn condition(
+        &self,
+        prev: &ExactConnectionStatus,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Option<Condition> {
+        if !self.wanted {
+            return None;
+        }
+        self.discovered_at?;
+        let missing = &self.selection.missing;
+        let (status, reason, mut message) = if missing.is_empty() {
+            let codes: Vec<String> = self
+                .selection
+                .published
+                .iter()
+                .map(|d| d.division.to_string())
+                .collect();
+            (
+                "True",
+                "DivisionsPublished",
+                format!(
+                    "divisions {} published in the divisions key",
+                    codes.join(", ")
+                ),
+            )
+        } else {
+            let codes: Vec<String> = missing.iter().map(i64::to_string).collect();
+            (
+                "False",
+                "DivisionNotAccessible",
+                format!(
+                    "the consenting Exact user may not open division(s) {}: left out of the divisions key; the others are published",
+                    codes.join(", ")
+                ),
+            )
+        };
+        if let Some(e) = &self.error {
+            message = format!(
+                "{message} (last discovery failed: {e}; showing the divisions known before)"
+            );
+        }
+        let since = prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DIVISIONS_AVAILABLE && c.status == status)
+            .map(|c| c.last_transition_time)
+            .unwrap_or(now);
+        Some(Condition {
+            type_: DIVISIONS_AVAILABLE.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: generation,
+        })
+    }
+}
+
+/// Condition type about the divisions a connection serves.
+pub const DIVISIONS_AVAILABLE: &str = "DivisionsAvailable";
