@@ -267,6 +267,55 @@ async fn a_bootstrap_with_an_access_token_is_ready_within_two_seconds() {
         .iter()
         .any(|r| r == "BootstrapImported"));
 
+    // Without spec.division the division is asked (Me, no token call) before publishing.
+    let (refresh, other_access, expires_in) = consent_like_tokens(&sim, "globex").await;
+    let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in as i64);
+    put_secret(
+        &admin,
+        &ns,
+        "globex-bootstrap",
+        &[
+            ("refresh-token", &refresh),
+            ("access_token", &other_access),
+            ("expires_at", &expires_at.as_second().to_string()),
+        ],
+    )
+    .await;
+    let applied = Instant::now();
+    put_connection(
+        &admin,
+        &ns,
+        "globex",
+        serde_json::json!({
+            "clientRef": {"name": "app"},
+            "refreshTokenSecretRef": {"name": "globex-bootstrap", "key": "refresh-token"},
+            "refreshBefore": "1s",
+        }),
+    )
+    .await;
+    wait_reason(
+        &admin,
+        &ns,
+        "globex",
+        "TokenPublished",
+        Duration::from_secs(5),
+    )
+    .await;
+    let took = applied.elapsed();
+    println!("bootstrap with an access token, division discovered: Ready {took:?} after apply");
+    assert!(took < Duration::from_secs(2), "Ready after {took:?}");
+    let data = secret_data(&admin, &ns, "globex-exact-token")
+        .await
+        .expect("workload secret");
+    assert_eq!(data["access_token"], other_access);
+    assert_eq!(data["division"], "123456", "division known at once");
+    assert_eq!(
+        sim.connection_stats("globex")
+            .map(|c| c.counters.refresh_ok),
+        Some(1),
+        "no token call by the operator"
+    );
+
     // The first refresh is planned from that expiry: after it, once, never too early.
     let refreshed = support::wait_for(Duration::from_secs(40), || async {
         secret_data(&admin, &ns, "acme-exact-token")
