@@ -96,7 +96,6 @@ async fn a_bad_template_is_reported_and_the_last_good_secret_is_kept() {
     let op = Operator::start(&ns, "op").await;
     wait_published(&admin, &ns, "acme").await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
-    let good = secrets.get("acme-exact-token").await.expect("secret");
 
     let bad_cases = [
         (
@@ -138,6 +137,14 @@ async fn a_bad_template_is_reported_and_the_last_good_secret_is_kept() {
             .any(|r| r == "InvalidTemplate"),
         "an Event tells people"
     );
+    // Read once no call can be in flight any more (a refresh started before the first bad
+    // template may still have published). It is what the good template rendered.
+    let good = secrets.get("acme-exact-token").await.expect("secret");
+    let good_data = secret_data(&admin, &ns, "acme-exact-token")
+        .await
+        .expect("workload secret");
+    assert_rendered(&good_data, &ns);
+    assert!(!good_data.contains_key("creds"));
     // Longer than a token lifetime (6 s): no token call, no write; the Secret stays as the
     // last good template rendered it.
     let calls_before = sim.stats().totals.refresh_ok;
