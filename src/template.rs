@@ -29,6 +29,10 @@ pub const VARIABLES: [&str; 7] = [
 /// Largest accepted template, per key: a Secret holds at most 1 MiB in all.
 const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 
+/// Most placeholders over all templates of a connection: each may expand to a token of a
+/// few KiB, and the rendered Secret must stay far below the 1 MiB limit.
+const MAX_PLACEHOLDERS: usize = 64;
+
 /// Why a template (or its key) is unusable. Messages quote the key and the offending
 /// placeholder, never a rendered value.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -51,6 +55,9 @@ pub enum TemplateError {
         /// The key.
         key: String,
     },
+    /// More placeholders than the rendered Secret could hold safely.
+    #[error("the templates use more than {MAX_PLACEHOLDERS} placeholders in all")]
+    TooManyPlaceholders,
     /// `{{` without its `}}`.
     #[error("template of key {key:?}: '{{{{' at byte {at} is never closed with '}}}}'")]
     Unclosed {
@@ -127,6 +134,14 @@ pub fn parse_all(
             return Err(TemplateError::TooLarge { key: key.clone() });
         }
         keys.insert(key.clone(), parse(key, text)?);
+    }
+    let placeholders = keys
+        .values()
+        .flatten()
+        .filter(|p| matches!(p, Part::Var { .. }))
+        .count();
+    if placeholders > MAX_PLACEHOLDERS {
+        return Err(TemplateError::TooManyPlaceholders);
     }
     Ok(Templates { keys })
 }
@@ -370,6 +385,11 @@ mod tests {
             one("big", &"x".repeat(MAX_TEMPLATE_BYTES + 1)),
             Err(TemplateError::TooLarge { .. })
         ));
+        assert_eq!(
+            one("many", &"{{ access_token }}".repeat(MAX_PLACEHOLDERS + 1)),
+            Err(TemplateError::TooManyPlaceholders)
+        );
+        assert!(one("many", &"{{ access_token }}".repeat(MAX_PLACEHOLDERS)).is_ok());
         assert!(parse_all(&BTreeMap::new(), &STANDARD)
             .expect("empty")
             .is_empty());

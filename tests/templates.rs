@@ -96,7 +96,6 @@ async fn a_bad_template_is_reported_and_the_last_good_secret_is_kept() {
     let op = Operator::start(&ns, "op").await;
     wait_published(&admin, &ns, "acme").await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
-    let good = secrets.get("acme-exact-token").await.expect("secret");
 
     let bad_cases = [
         (
@@ -138,6 +137,14 @@ async fn a_bad_template_is_reported_and_the_last_good_secret_is_kept() {
             .any(|r| r == "InvalidTemplate"),
         "an Event tells people"
     );
+    // Read once no call can be in flight any more (a refresh started before the first bad
+    // template may still have published). It is what the good template rendered.
+    let good = secrets.get("acme-exact-token").await.expect("secret");
+    let good_data = secret_data(&admin, &ns, "acme-exact-token")
+        .await
+        .expect("workload secret");
+    assert_rendered(&good_data, &ns);
+    assert!(!good_data.contains_key("creds"));
     // Longer than a token lifetime (6 s): no token call, no write; the Secret stays as the
     // last good template rendered it.
     let calls_before = sim.stats().totals.refresh_ok;
@@ -266,6 +273,55 @@ async fn a_bootstrap_with_an_access_token_is_ready_within_two_seconds() {
         .await
         .iter()
         .any(|r| r == "BootstrapImported"));
+
+    // Without spec.division the division is asked (Me, no token call) before publishing.
+    let (refresh, other_access, expires_in) = consent_like_tokens(&sim, "globex").await;
+    let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in as i64);
+    put_secret(
+        &admin,
+        &ns,
+        "globex-bootstrap",
+        &[
+            ("refresh-token", &refresh),
+            ("access_token", &other_access),
+            ("expires_at", &expires_at.as_second().to_string()),
+        ],
+    )
+    .await;
+    let applied = Instant::now();
+    put_connection(
+        &admin,
+        &ns,
+        "globex",
+        serde_json::json!({
+            "clientRef": {"name": "app"},
+            "refreshTokenSecretRef": {"name": "globex-bootstrap", "key": "refresh-token"},
+            "refreshBefore": "1s",
+        }),
+    )
+    .await;
+    wait_reason(
+        &admin,
+        &ns,
+        "globex",
+        "TokenPublished",
+        Duration::from_secs(5),
+    )
+    .await;
+    let took = applied.elapsed();
+    println!("bootstrap with an access token, division discovered: Ready {took:?} after apply");
+    assert!(took < Duration::from_secs(2), "Ready after {took:?}");
+    let data = secret_data(&admin, &ns, "globex-exact-token")
+        .await
+        .expect("workload secret");
+    assert_eq!(data["access_token"], other_access);
+    assert_eq!(data["division"], "123456", "division known at once");
+    assert_eq!(
+        sim.connection_stats("globex")
+            .map(|c| c.counters.refresh_ok),
+        Some(1),
+        "no token call by the operator"
+    );
 
     // The first refresh is planned from that expiry: after it, once, never too early.
     let refreshed = support::wait_for(Duration::from_secs(40), || async {

@@ -179,29 +179,42 @@ async fn import(
         Timestamp::now(),
     );
     let rv = handle.write(&st, stored.version.as_deref()).await?;
-    let note = match (&ignored, with_access) {
-        (None, true) => format!(
-            "imported a refresh token and a current access token from Secret {}",
-            bref.name
-        ),
-        _ => format!("imported a refresh token from Secret {}", bref.name),
-    };
-    event(ctx, conn, EventType::Normal, "BootstrapImported", note).await;
-    if let Some(why) = ignored {
-        let note = format!("{why}; it is ignored and the refresh token is used at once instead");
-        event(
-            ctx,
-            conn,
-            EventType::Warning,
-            "BootstrapAccessTokenIgnored",
-            note,
-        )
-        .await;
+    import_events(ctx, conn, &bref.name, ignored.as_ref(), with_access).await;
+    if with_access && ignored.is_none() && conn.spec.division.is_none() {
+        // Published at once, so the division is needed now, not at the first refresh. Me
+        // is a REST call, not a token call; it stores its answer, hence the re-read.
+        identify(ctx, conn, r, handle, &mut st, rv, false).await;
+        let reloaded = load_state(&handle.api, &handle.name).await?;
+        return Ok(Stored {
+            state: reloaded.state,
+            version: reloaded.resource_version,
+        });
     }
     Ok(Stored {
         state: st,
         version: Some(rv),
     })
+}
+
+/// Tells what an import took from the bootstrap Secret (never a value).
+async fn import_events(
+    ctx: &Context,
+    conn: &ExactConnection,
+    secret: &str,
+    ignored: Option<&chain::AccessIgnored>,
+    with_access: bool,
+) {
+    let note = if with_access && ignored.is_none() {
+        format!("imported a refresh token and a current access token from Secret {secret}")
+    } else {
+        format!("imported a refresh token from Secret {secret}")
+    };
+    event(ctx, conn, EventType::Normal, "BootstrapImported", note).await;
+    if let Some(why) = ignored {
+        let note = format!("{why}; it is ignored and the refresh token is used at once instead");
+        let reason = "BootstrapAccessTokenIgnored";
+        event(ctx, conn, EventType::Warning, reason, note).await;
+    }
 }
 
 /// A key of a Secret that may be absent (None, like a missing Secret); only API errors fail.

@@ -128,13 +128,14 @@ pub fn is_ready(conn: &ExactConnection) -> bool {
 }
 
 /// Ready reasons that stop token calls until a person changes something.
-pub const FAILURE_REASONS: [&str; 6] = [
+pub const FAILURE_REASONS: [&str; 7] = [
     reason::REAUTHORIZATION_REQUIRED,
     reason::INVALID_CLIENT,
     reason::CLIENT_NOT_READY,
     reason::CLIENT_NOT_ALLOWED,
     reason::TARGET_SECRET_CONFLICT,
     reason::INVALID_SPEC,
+    crate::template::INVALID_TEMPLATE,
 ];
 
 /// Whether `reason` is one of [`FAILURE_REASONS`].
@@ -202,6 +203,7 @@ mod tests {
     fn failure_reasons_are_the_ones_that_need_a_person() {
         assert!(is_failure_reason("ReauthorizationRequired"));
         assert!(is_failure_reason("InvalidSpec"));
+        assert!(is_failure_reason("InvalidTemplate"));
         assert!(!is_failure_reason("AwaitingAuthorization"));
         assert!(!is_failure_reason("RefreshFailing"));
         assert!(!is_failure_reason("TokenPublished"));
