@@ -119,9 +119,12 @@ impl UserBudget {
 }
 
 /// The user's budget from this connection's counts and the other connections' call counts
-/// (their retries are estimated as what they used beyond their regular refreshes).
+/// (their retries are estimated as what they used beyond their regular refreshes). When
+/// one connection's regular refreshes alone exceed the cap, the lifetimes are compressed
+/// (a simulator, not Exact's 600 s) and the cap says nothing about them: no cap then.
 pub fn user_budget(cap: u32, own: Counts, others: &[u32], lifetime: Duration) -> UserBudget {
     let regular = regular_per_day(lifetime);
+    let cap = if regular >= cap { 0 } else { cap };
     let connections = u32::try_from(others.len())
         .unwrap_or(u32::MAX)
         .saturating_add(1);
@@ -235,6 +238,20 @@ mod tests {
         };
         assert!(!near_cap.retry_fits(), "never the last call below the cap");
         assert!(UserBudget { cap: 0, ..spent }.retry_fits(), "no cap");
+        let compressed = user_budget(
+            200,
+            Counts {
+                calls: 900,
+                retries: 300,
+            },
+            &[],
+            Duration::from_secs(6),
+        );
+        assert_eq!(
+            compressed.cap, 0,
+            "6 s tokens: 14400 refreshes a day, the cap cannot be Exact's"
+        );
+        assert!(compressed.retry_fits());
     }
 
     #[test]
