@@ -296,7 +296,19 @@ fn user_budget(
         .map(|p| p.token_calls24h)
         .collect();
     let own = budget::counts(&state.token_calls, now);
-    budget::user_budget(cap, own, &others, r.policy.access_token_lifetime)
+    budget::user_budget(cap, own, &others, token_lifetime(r, state))
+}
+
+/// The lifetime of the last granted access token (what Exact actually gives), else the
+/// configured one.
+fn token_lifetime(r: &Resolved, state: &ConnectionState) -> Duration {
+    match (state.last_refresh_at, state.times.access_token_expires_at) {
+        (Some(sent), Some(expires)) if expires > sent => {
+            Duration::try_from(expires.duration_since(sent))
+                .unwrap_or(r.policy.access_token_lifetime)
+        }
+        _ => r.policy.access_token_lifetime,
+    }
 }
 
 /// A due retry that would eat into the calls kept for regular refreshes waits for the
@@ -322,7 +334,7 @@ fn budget_hold(
         .max()
         .copied()
         .unwrap_or(now);
-    let until = budget::held_until(last, r.policy.access_token_lifetime, now);
+    let until = budget::held_until(last, token_lifetime(r, state), now);
     (until > now).then_some((until, b))
 }
 
