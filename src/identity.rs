@@ -69,6 +69,8 @@ pub struct SameUser {
     pub dead: bool,
     /// Its uid.
     pub uid: String,
+    /// Its token calls in the rolling 24 h (status.tokenCalls24h).
+    pub token_calls24h: u32,
 }
 
 impl SameUser {
@@ -99,6 +101,7 @@ pub fn same_user_peers(
                 dead: find_ready(&status.conditions)
                     .is_some_and(|r| r.reason == reason::REAUTHORIZATION_REQUIRED),
                 uid: c.uid().unwrap_or_default(),
+                token_calls24h: status.token_calls24h.unwrap_or(0),
             })
         })
         .collect();

@@ -107,6 +107,17 @@ pub struct Metrics {
     next_refresh: Family<ConnectionLabel, Gauge>,
     reasons: Family<ReasonLabel, Gauge>,
     current_reason: Arc<Mutex<HashMap<ConnectionLabel, String>>>,
+    /// Token calls per Exact user and client in the rolling 24 h (Exact's daily cap).
+    pub user_token_calls: Family<UserLabel, Gauge>,
+}
+
+/// Label of per-Exact-user series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLabel {
+    /// The ExactOAuthClient, `namespace/name`.
+    pub client: String,
+    /// The Exact `UserID` (a GUID; not a secret).
+    pub exact_user: String,
 }
 
 impl Default for Metrics {
@@ -130,6 +141,7 @@ impl Default for Metrics {
             next_refresh: Family::default(),
             reasons: Family::default(),
             current_reason: Arc::default(),
+            user_token_calls: Family::default(),
         };
         r.register(
             "token_calls",
@@ -208,6 +220,11 @@ impl Default for Metrics {
             "connection_ready_reason",
             "1 for the current Ready reason of each connection",
             m.reasons.clone(),
+        );
+        r.register(
+            "token_calls_24h",
+            "Token calls of each Exact user on each client in the rolling 24 h (Exact caps them at about 200)",
+            m.user_token_calls.clone(),
         );
         outcomes_at_zero(&m.token_calls, &OUTCOMES);
         Metrics {

@@ -76,6 +76,8 @@ pub struct ConnectionState {
     pub previous_exact_user_id: Option<String>,
     /// The re-authorization request (annotation value) the last consent answered.
     pub handled_reauthorize: Option<String>,
+    /// Token calls per hour over the last day, for Exact's daily cap (`crate::budget`).
+    pub token_calls: Vec<crate::budget::Bucket>,
 }
 
 const K_REFRESH: &str = "refresh_token";
@@ -102,6 +104,7 @@ const K_USER_ID: &str = "exact_user_id";
 const K_USER_NAME: &str = "exact_user_name";
 const K_PREVIOUS_USER_ID: &str = "previous_exact_user_id";
 const K_HANDLED_REAUTHORIZE: &str = "handled_reauthorize";
+const K_TOKEN_CALLS: &str = "token_calls_hourly";
 
 /// Hex SHA-256 of a secret value: safe to show and compare.
 pub fn digest(value: &str) -> String {
@@ -165,6 +168,9 @@ impl ConnectionState {
             exact_user_name: text(data, K_USER_NAME),
             previous_exact_user_id: text(data, K_PREVIOUS_USER_ID),
             handled_reauthorize: text(data, K_HANDLED_REAUTHORIZE),
+            token_calls: text(data, K_TOKEN_CALLS)
+                .map(|s| crate::budget::from_text(&s))
+                .unwrap_or_default(),
         }
     }
 
@@ -236,6 +242,12 @@ impl ConnectionState {
         put(K_USER_NAME, self.exact_user_name.clone());
         put(K_PREVIOUS_USER_ID, self.previous_exact_user_id.clone());
         put(K_HANDLED_REAUTHORIZE, self.handled_reauthorize.clone());
+        if !self.token_calls.is_empty() {
+            put(
+                K_TOKEN_CALLS,
+                Some(crate::budget::to_text(&self.token_calls)),
+            );
+        }
         m
     }
 
@@ -330,6 +342,11 @@ mod tests {
             exact_user_name: Some("jan@example.invalid".into()),
             previous_exact_user_id: Some("u-0".into()),
             handled_reauthorize: Some("2026-12-01T12:00:00Z".into()),
+            token_calls: vec![crate::budget::Bucket {
+                hour: 500_000,
+                calls: 3,
+                retries: 1,
+            }],
         };
         let back = ConnectionState::from_data(&st.to_data());
         assert_eq!(
@@ -356,6 +373,7 @@ mod tests {
         assert_eq!(back.exact_user_name.as_deref(), Some("jan@example.invalid"));
         assert_eq!(back.previous_exact_user_id.as_deref(), Some("u-0"));
         assert_eq!(back.handled_reauthorize, st.handled_reauthorize);
+        assert_eq!(back.token_calls, st.token_calls);
     }
 
     fn me(user: &str, division: i64) -> MeInfo {

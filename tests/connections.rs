@@ -134,10 +134,9 @@ async fn explicit_division_and_custom_target() {
             .map(String::as_str),
         Some("finance")
     );
-    assert_eq!(
-        sim.stats().totals.me_ok,
-        0,
-        "explicit division: no discovery call"
+    assert!(
+        sim.stats().totals.me_ok <= 1,
+        "explicit division: Me once at most, to learn the user, never per refresh"
     );
     op.stop().await;
 }

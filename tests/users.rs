@@ -293,3 +293,95 @@ async fn one_consent_serves_two_divisions_to_two_workloads() {
     );
     op.stop().await;
 }
+
+#[tokio::test]
+async fn the_daily_budget_is_counted_and_holds_retries_back_near_the_cap() {
+    init_tracing();
+    // Hour-long tokens: 24 regular refreshes a day; a cap of 28 leaves 4 retries.
+    let cfg = SimConfig {
+        access_token_lifetime: Duration::from_secs(3600),
+        token_calls_per_day: 28,
+        ..fast_sim()
+    }
+    .with_user(jan());
+    let TestEnv { admin, ns, sim } = test_env(
+        cfg,
+        serde_json::json!({"accessTokenExpiresIn": "3600s", "tokenCallsPerDay": 28}),
+    )
+    .await;
+    let op = Operator::start(&ns, "op").await;
+    let first = sim
+        .seed_connection_for_user("app-1", "budget", "jan")
+        .expect("jan is configured");
+    put_secret(
+        &admin,
+        &ns,
+        "budget-bootstrap",
+        &[("refresh-token", &first)],
+    )
+    .await;
+    put_connection(
+        &admin,
+        &ns,
+        "budget",
+        serde_json::json!({
+            "clientRef": {"name": "app"},
+            "refreshTokenSecretRef": {"name": "budget-bootstrap", "key": "refresh-token"},
+            "refreshBefore": "1s",
+        }),
+    )
+    .await;
+    wait_published(&admin, &ns, "budget").await;
+    let status = support::wait_for(Duration::from_secs(20), || async {
+        let s = status_of(&admin, &ns, "budget").await?;
+        (s.exact_user_id.is_some() && s.token_calls24h == Some(1)).then_some(s)
+    })
+    .await
+    .expect("one call counted, the user known");
+    assert_eq!(status.exact_user_token_calls24h, Some(1));
+    let jan_id = status.exact_user_id.expect("user");
+
+    // Exact fails every token call; a new bootstrap token makes a call due now.
+    sim.set_faults(exact_sim::Faults {
+        fault_500_ratio: 1.0,
+        ..Default::default()
+    });
+    let second = sim
+        .seed_connection_for_user("app-1", "budget-2", "jan")
+        .expect("jan");
+    put_secret(
+        &admin,
+        &ns,
+        "budget-bootstrap",
+        &[("refresh-token", &second)],
+    )
+    .await;
+    let (_, _, message) = support::wait_for(Duration::from_secs(30), || async {
+        ready_of(&admin, &ns, "budget")
+            .await
+            .filter(|(_, _, m)| m.contains("retries held back"))
+    })
+    .await
+    .unwrap_or_else(|| panic!("never held back; sim stats {:?}", sim.stats().totals));
+    assert!(message.contains("of Exact's cap 28"), "{message}");
+    // 1 grant + the imported token's first call + 4 retries; then nothing more.
+    assert_eq!(sim.stats().totals.token_calls, 6, "{message}");
+    assert_eq!(sim.stats().totals.faults_500, 5);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(sim.stats().totals.token_calls, 6, "retries stay held back");
+    // The operator counts every call; exact-sim does not count its gateway 500s.
+    assert!(sim.token_calls_24h("jan", "app-1") <= 6);
+    let s = status_of(&admin, &ns, "budget").await.expect("status");
+    assert_eq!(s.token_calls24h, Some(6));
+    assert_eq!(s.exact_user_token_calls24h, Some(6));
+    let next = s.next_refresh_time.expect("next call planned");
+    assert!(
+        next > jiff::Timestamp::now() + jiff::SignedDuration::from_mins(50),
+        "the next try waits for the regular cadence: {next}"
+    );
+    let metrics = op.metrics.render();
+    let series =
+        format!("exact_operator_token_calls_24h{{client=\"{ns}/app\",exact_user=\"{jan_id}\"}} 6");
+    assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    op.stop().await;
+}

@@ -58,6 +58,9 @@ pub fn on_outcome(
 ) -> (ConnectionState, End) {
     state.claim = None;
     let now = inp.received_at;
+    // Every call counts toward Exact's daily cap, whatever its answer.
+    let retry = state.times.consecutive_failures > 0 && !inp.code_grant;
+    state.token_calls = crate::budget::record(&state.token_calls, inp.sent_at, retry);
     if inp.code_grant {
         let what = match outcome {
             TokenOutcome::Granted(grant) if grant.refresh_token.is_some() => {

@@ -5,6 +5,7 @@
 
 use super::status::{write_status, Outcome};
 use super::Error;
+use crate::budget::{self, UserBudget};
 use crate::chain::{self, ChainGrant, ChainSpec, Decision, End, ExchangeEnd, ExchangeJob, Stored};
 use crate::conditions::reason;
 use crate::context::Context;
@@ -78,7 +79,10 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
                 .with_state(&stored.state, &r.policy),
         ),
         Decision::Wait { .. } => Ok(steady(conn, &r, &spec, &stored.state, now)),
-        Decision::Call { .. } => refresh_now(conn, ctx, &r, &handle, stored).await,
+        Decision::Call { .. } => match budget_hold(ctx, conn, &r, &stored.state, now) {
+            Some((until, budget)) => Ok(held(conn, &r, &spec, &stored.state, now, until, &budget)),
+            None => refresh_now(conn, ctx, &r, &handle, stored).await,
+        },
     }
 }
 
@@ -376,6 +380,92 @@ fn replaced_by_note(
     let peers = crate::identity::peers_in_cache(ctx, conn, user);
     let label = crate::identity::user_label(user, state.exact_user_name.as_deref());
     crate::identity::replaced_note(&label, &peers)
+}
+
+/// The Exact user's daily token-call budget as this connection sees it: its own calls
+/// (state) and those of the other connections of the same user on the same client (their
+/// status, from the watch cache).
+fn user_budget(
+    ctx: &Context,
+    conn: &ExactConnection,
+    r: &Resolved,
+    state: &ConnectionState,
+    now: Timestamp,
+) -> UserBudget {
+    let cap = r
+        .client
+        .spec
+        .token_calls_per_day
+        .unwrap_or(budget::DEFAULT_CALLS_PER_DAY);
+    let others: Vec<u32> = state
+        .exact_user_id
+        .as_deref()
+        .map(|u| crate::identity::peers_in_cache(ctx, conn, u))
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.token_calls24h)
+        .collect();
+    let own = budget::counts(&state.token_calls, now);
+    budget::user_budget(cap, own, &others, token_lifetime(r, state))
+}
+
+/// The lifetime of the last granted access token (what Exact actually gives), else the
+/// configured one.
+fn token_lifetime(r: &Resolved, state: &ConnectionState) -> Duration {
+    match (state.last_refresh_at, state.times.access_token_expires_at) {
+        (Some(sent), Some(expires)) if expires > sent => {
+            Duration::try_from(expires.duration_since(sent))
+                .unwrap_or(r.policy.access_token_lifetime)
+        }
+        _ => r.policy.access_token_lifetime,
+    }
+}
+
+/// A due retry that would eat into the calls kept for regular refreshes waits for the
+/// regular cadence: until when, and the budget that says so.
+fn budget_hold(
+    ctx: &Context,
+    conn: &ExactConnection,
+    r: &Resolved,
+    state: &ConnectionState,
+    now: Timestamp,
+) -> Option<(Timestamp, UserBudget)> {
+    if state.times.consecutive_failures == 0 {
+        return None;
+    }
+    let b = user_budget(ctx, conn, r, state, now);
+    if b.retry_fits() {
+        return None;
+    }
+    let last = state
+        .times
+        .recent_errors
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(now);
+    let until = budget::held_until(last, token_lifetime(r, state), now);
+    (until > now).then_some((until, b))
+}
+
+/// The status of a connection whose retry is held back by the daily budget.
+fn held(
+    conn: &ExactConnection,
+    r: &Resolved,
+    spec: &ChainSpec<'_>,
+    state: &ConnectionState,
+    now: Timestamp,
+    until: Timestamp,
+    b: &UserBudget,
+) -> Outcome {
+    let mut out = steady(conn, r, spec, state, now).next_at(until, now);
+    if let Some((_, _, message)) = out.ready.as_mut() {
+        message.push_str(&format!(
+            "; retries held back until {until} (the regular cadence): {}",
+            b.describe()
+        ));
+    }
+    out
 }
 
 /// Maps a stored reason string to the static reason constant.

@@ -52,6 +52,8 @@ pub struct Outcome {
     pub handled_reauthorize: Option<String>,
     /// When to reconcile again.
     pub requeue: Option<Duration>,
+    /// This connection's token calls in the rolling 24 h.
+    pub token_calls24h: Option<u32>,
 }
 
 impl Outcome {
@@ -91,6 +93,8 @@ impl Outcome {
         self.exact_user_name = state.exact_user_name.clone();
         self.previous_exact_user_id = state.previous_exact_user_id.clone();
         self.handled_reauthorize = state.handled_reauthorize.clone();
+        self.token_calls24h =
+            Some(crate::budget::counts(&state.token_calls, Timestamp::now()).calls);
         self
     }
     /// Plans the next call at `due`.
@@ -127,6 +131,7 @@ pub async fn write_status(
             next_refresh_at: status.next_refresh_time,
         },
     );
+    user_calls_metric(conn, ctx, &status);
     if same_status(&prev, &status) {
         return Ok(());
     }
@@ -207,7 +212,8 @@ fn project(
         message: Some(message),
         divisions: served.selection.published,
         divisions_discovered_at: served.discovered_at,
-        ..Default::default()
+        token_calls24h: out.token_calls24h.or(prev.token_calls24h),
+        exact_user_token_calls24h: same_user.user_calls(out.token_calls24h.or(prev.token_calls24h)),
     };
     Some((status, reason))
 }
@@ -275,6 +281,16 @@ impl SameUserFacts {
             label: user_label(&id, name.as_deref()),
             peers: peers_in_cache(ctx, conn, &id),
         }
+    }
+
+    /// The user's calls in 24 h: this connection's plus the others'.
+    fn user_calls(&self, own: Option<u32>) -> Option<u32> {
+        let own = own?;
+        Some(
+            self.peers
+                .iter()
+                .fold(own, |a, p| a.saturating_add(p.token_calls24h)),
+        )
     }
 
     fn replaced_note(&self) -> Option<String> {
@@ -438,3 +454,21 @@ impl ServedDivisions {
 
 /// Condition type about the divisions a connection serves.
 pub const DIVISIONS_AVAILABLE: &str = "DivisionsAvailable";
+
+/// exact_operator_token_calls_24h{client, exact_user}: the user's calls as this
+/// connection sees them (every connection of the user computes the same sum).
+fn user_calls_metric(conn: &ExactConnection, ctx: &Context, status: &ExactConnectionStatus) {
+    let (Some(user), Some(calls)) = (&status.exact_user_id, status.exact_user_token_calls24h)
+    else {
+        return;
+    };
+    let (ns, name) = super::client_key(conn);
+    let label = crate::metrics::UserLabel {
+        client: format!("{ns}/{name}"),
+        exact_user: user.clone(),
+    };
+    ctx.metrics
+        .user_token_calls
+        .get_or_create(&label)
+        .set(i64::from(calls));
+}
