@@ -194,14 +194,18 @@ pub fn render(title: &str, rows: &[Row]) -> String {
     s
 }
 
-/// The window in which a kill loses a rotated refresh token, per granted call, from the
-/// operators' logs (`RUST_LOG=info,kube_client=debug`): from the "token call" line (Exact's
-/// answer is in) to the start of the state Secret's PUT (`sent`) and to its answer (`done`).
+/// The windows in which a kill can lose a rotated refresh token, per granted call, from the
+/// operators' logs (`RUST_LOG=info,kube_client=debug,exact_operator::journal=debug`): from
+/// the answer in hand to its journal entry fsync'd (`journal`, the journal's own
+/// measurement), and from that entry to the start of the state Secret's PUT (`sent`) and
+/// to its answer (`done`) — the window only the journal covers.
 #[derive(Clone, Debug, Default)]
 pub struct Windows {
-    /// Answer to persisting PUT sent.
+    /// Answer in hand to journal entry durable.
+    pub journal: Vec<Duration>,
+    /// Journal entry durable to persisting PUT sent.
     pub sent: Vec<Duration>,
-    /// Answer to persisting PUT answered.
+    /// Journal entry durable to persisting PUT answered.
     pub done: Vec<Duration>,
 }
 
@@ -225,8 +229,11 @@ pub fn persist_windows(logs: &[PathBuf]) -> Windows {
                 continue;
             };
             let fields = &v["fields"];
-            if fields["message"] == "token call" && fields["outcome"] == "granted" {
-                if let Some(conn) = fields["connection"].as_str() {
+            if fields["message"] == "token journal: entry written" {
+                if let (Some(conn), Some(micros)) =
+                    (fields["connection"].as_str(), fields["micros"].as_u64())
+                {
+                    w.journal.push(Duration::from_micros(micros));
                     open.insert(conn.to_string(), (at, false));
                 }
                 continue;
@@ -258,9 +265,26 @@ pub fn persist_windows(logs: &[PathBuf]) -> Windows {
             }
         }
     }
+    w.journal.sort();
     w.sent.sort();
     w.done.sort();
     w
+}
+
+/// "median 80 µs, p95 200 µs, max 1500 µs (n=420)".
+pub fn spread_us(sorted: &[Duration]) -> String {
+    if sorted.is_empty() {
+        return "no samples".into();
+    }
+    let us = |d: Duration| format!("{} µs", d.as_micros());
+    format!(
+        "median {}, p95 {}, p99 {}, max {} (n={})",
+        us(percentile(sorted, 0.5)),
+        us(percentile(sorted, 0.95)),
+        us(percentile(sorted, 0.99)),
+        us(sorted[sorted.len() - 1]),
+        sorted.len()
+    )
 }
 
 /// "median 12 ms, p95 30 ms, max 80 ms (n=420)".
