@@ -41,7 +41,7 @@ use exact_sim::{Faults, SimConfig};
 use harness::process::OperatorProcess;
 use harness::{put_client, put_unauthorized_connection, wait_published};
 use kube::api::Api;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -115,7 +115,7 @@ async fn sigkills(size: &Size, fate: JournalFate, out: &Output) -> Row {
         JournalFate::Kept => ("a", size.sigkills, "journal kept"),
         JournalFate::LostWithProcess => ("g", size.journal_lost_kills, "journal lost"),
     };
-    let mut bench = Bench::short_tokens(letter, size.connections, out).await;
+    let mut bench = kill_bench(letter, size, out).await;
     bench.journal_fate = fate;
     let mut op = bench.spawn("op");
     bench.wait_all_published(PUBLISH_TIMEOUT).await;
@@ -127,6 +127,23 @@ async fn sigkills(size: &Size, fate: JournalFate, out: &Output) -> Row {
     let mut row = Row::new(format!("{letter}. SIGKILL ×{n}, {label}"), &f);
     check_kills(&mut row, &f, &kills, fate);
     row
+}
+
+/// Exact's error limit (10 4xx answers per app and hour) in the kill scenarios.
+const KILL_SCENARIO_ERROR_LIMIT: u32 = 1000;
+
+/// The bench of a kill scenario (a, c, g). Kills aimed at refreshes lose chains whose
+/// answer was still on its way, each with one "Old refresh token used" answer; Exact's real
+/// limit would block the whole app after ten and leave nothing to measure, so these
+/// scenarios raise it (as the operator's `--max-errors-per-hour` is raised). Scenario (e)
+/// keeps the real limit.
+async fn kill_bench(letter: &str, size: &Size, out: &Output) -> Bench {
+    let secret = random_string(32);
+    let cfg = SimConfig {
+        error_limit_per_hour: KILL_SCENARIO_ERROR_LIMIT,
+        ..short_token_sim(&secret)
+    };
+    Bench::new(letter, size.connections, &secret, cfg, out).await
 }
 
 /// (b) SIGTERM, wait for the exit, restart.
@@ -176,7 +193,7 @@ async fn sigterms(size: &Size, out: &Output) -> Row {
 
 /// (c) Two replicas with leader election; SIGKILL the leader, restart it as a follower.
 async fn leader_kills(size: &Size, out: &Output) -> Row {
-    let mut bench = Bench::short_tokens("c", size.connections, out).await;
+    let mut bench = kill_bench("c", size, out).await;
     bench.opts.leader_elect = true;
     let mut ops = [bench.spawn("a"), bench.spawn("b")];
     bench.wait_all_published(PUBLISH_TIMEOUT).await;
@@ -514,8 +531,24 @@ fn check_kills(row: &mut Row, f: &Finished, kills: &[Kill], fate: JournalFate) {
             ));
         }
     }
+    // A lost token may be spent once by every process that ran after the kill that lost it.
+    let mut allowed: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, k) in kills.iter().enumerate() {
+        for n in &k.lost {
+            allowed.insert(n.clone(), (kills.len() - i) as u64);
+        }
+    }
+    let spent: u64 = lost
+        .iter()
+        .map(|n| f.counters(n).old_refresh_token_used)
+        .sum();
+    row.note(format!(
+        "{spent} old-token uses on the {} lost chain(s) (more than one where a kill also \
+         caught the write recording the dead chain)",
+        lost.len()
+    ));
     row.check_no_too_early();
-    row.check_losses_explained(f, &lost);
+    row.check_losses_explained(f, &allowed);
     row.check_final_states(f, &lost);
 }
 
@@ -533,6 +566,11 @@ fn note_windows(row: &mut Row, f: &Finished, kills: usize) {
             };
         kills as f64 * grant_rate * width.as_secs_f64()
     };
+    row.note(format!(
+        "token call (claim written -> answer in hand; a kill in it loses the chain, as a lost \
+         response does): {}",
+        spread(&windows.call)
+    ));
     row.note(format!(
         "windows from the operators' logs: answer in hand -> journal entry fsync'd {}; entry \
          fsync'd -> state PUT sent {}, -> PUT answered {}; at {grant_rate:.1} grants/s, {kills} \
