@@ -5,7 +5,9 @@
 //! too-early refusals, connections Ready at the end and the time without a valid token:
 //!
 //! a. SIGKILLs of the operator, restarting it each time with the same token journal (a
-//!    container restart in the same pod): no chain may be lost;
+//!    container restart in the same pod): every answer the journal holds at a kill must be
+//!    replayed and its chain go on; only kills during the token call itself (the answer
+//!    not yet in hand, as in f) may lose a chain;
 //! b. SIGTERM restarts;
 //! c. two replicas with `--leader-elect`, the leader SIGKILLed (journals kept);
 //! d. the kube-apiserver stopped during refreshes, then restarted;
