@@ -171,7 +171,17 @@ impl Journal {
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir)?.sync_all()?;
+        // The width of the window a kill can still lose an answer in (the chaos suite
+        // reads it): from the answer in hand to its entry durable.
+        let durable_after = Timestamp::now().duration_since(entry.received_at);
+        tracing::debug!(
+            namespace = %entry.namespace,
+            connection = %entry.connection,
+            micros = durable_after.as_micros().max(0) as u64,
+            "token journal: entry written"
+        );
+        Ok(())
     }
 
     /// Drops the entry of a connection (its answer is in the state Secret now).
@@ -204,7 +214,7 @@ impl Journal {
             }
             match fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| unreadable(&e)))
             {
                 Ok(e) if e.v == VERSION && path == self.path(&e.namespace, &e.connection) => {
                     good.push((path, e))
@@ -223,6 +233,18 @@ impl Journal {
     pub fn quarantine(&self, bad: &BadEntry) {
         let _ = fs::rename(&bad.path, bad.path.with_extension("bad"));
     }
+}
+
+/// Why a file is not an entry, without any of its content: serde's own messages quote the
+/// unexpected value ("invalid type: string \"...\""), which may be a token.
+fn unreadable(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON, but not a journal entry",
+        serde_json::error::Category::Eof => "cut short (truncated)",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
 /// Replays one entry through `store` (retrying while the store is unreachable); returns

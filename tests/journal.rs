@@ -7,8 +7,11 @@
 mod harness;
 mod support;
 
+use exact_operator::journal::{Entitlement, Entry};
+use exact_operator::state::{digest, ConnectionState};
 use exact_sim::Faults;
 use harness::*;
+use secrecy::SecretString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -179,4 +182,227 @@ async fn without_the_journal_the_same_kill_loses_the_chain() {
     let _ = op.kill();
     let _ = op.wait();
     assert_eq!(sim.stats().totals.old_refresh_token_used, 1);
+}
+
+/// An entry as the operator would journal it, for `connection` in `namespace`.
+fn planted_entry(
+    namespace: &str,
+    connection: &str,
+    refresh_token: &str,
+    entitlement: Entitlement,
+) -> Entry {
+    let state = ConnectionState {
+        refresh_token: Some(SecretString::from(refresh_token)),
+        access_token: Some(SecretString::from(format!("{refresh_token}-access"))),
+        ..ConnectionState::default()
+    };
+    Entry::new(namespace, connection, &state, entitlement)
+}
+
+fn write_json(path: &Path, entry: &Entry) -> Vec<u8> {
+    let bytes = serde_json::to_vec(entry).expect("entry json");
+    std::fs::write(path, &bytes).expect("plant entry");
+    bytes
+}
+
+/// A journal left with every kind of entry that cannot or must not be replayed: the operator
+/// starts, reports each (the unreadable ones set aside as `.bad`, never their content), and
+/// leaves the stored chains alone.
+#[tokio::test]
+async fn the_operator_starts_past_corrupt_foreign_expired_and_superseded_entries() {
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
+    for name in ["acme", "beta"] {
+        bootstrap_connection(&admin, &ns, &sim, name, serde_json::json!({})).await;
+    }
+    let work = support::repo_path("target/tmp/journal").join(&ns);
+    let journal = work.join("journal");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let mut op = spawn_operator(&ns, "op-a", &journal, &work.join("a.log"));
+    for name in ["acme", "beta"] {
+        wait_reason(&admin, &ns, name, "TokenPublished", Duration::from_secs(60)).await;
+    }
+    // A graceful stop settles everything in flight: the journal is empty after it.
+    let _ = Command::new("kill")
+        .args(["-TERM", &op.id().to_string()])
+        .status();
+    let _ = op.wait();
+    let stored = |name: &'static str| {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        async move {
+            secret_data(&admin, &ns, &format!("{name}-exact-state"))
+                .await
+                .and_then(|d| d.get("refresh_token").cloned())
+                .expect("stored refresh token")
+        }
+    };
+    let (acme_rt, beta_rt) = (stored("acme").await, stored("beta").await);
+    let secret = |what: &str| format!("PLANTED-SECRET-{what}-0123456789abcdef");
+
+    // Cut short: the first half of a real entry.
+    let truncated = serde_json::to_vec(&planted_entry(
+        &ns,
+        "trunc",
+        &secret("truncated"),
+        Entitlement::Consent { supersede: true },
+    ))
+    .expect("json");
+    std::fs::write(
+        journal.join(format!("{ns}_trunc.json")),
+        &truncated[..truncated.len() / 2],
+    )
+    .expect("plant");
+    // Not JSON at all.
+    let mut garbage = vec![0xff, 0x00, 0x13];
+    garbage.extend(secret("garbage").bytes());
+    std::fs::write(journal.join(format!("{ns}_garbage.json")), garbage).expect("plant");
+    // JSON of the wrong shape: serde's own message would quote the value.
+    std::fs::write(
+        journal.join(format!("{ns}_shape.json")),
+        format!("{{\"v\": \"{}\"}}", secret("shape")),
+    )
+    .expect("plant");
+    // Another version of the format.
+    let mut future = planted_entry(
+        &ns,
+        "future",
+        &secret("future"),
+        Entitlement::Consent { supersede: true },
+    );
+    future.v = 2;
+    write_json(&journal.join(format!("{ns}_future.json")), &future);
+    // Foreign: a file named for one connection holding another namespace's entry.
+    write_json(
+        &journal.join(format!("{ns}_gamma.json")),
+        &planted_entry(
+            "elsewhere",
+            "gamma",
+            &secret("foreign"),
+            Entitlement::Consent { supersede: true },
+        ),
+    );
+    // A connection that does not exist (any more).
+    write_json(
+        &journal.join(format!("{ns}_ghost.json")),
+        &planted_entry(
+            &ns,
+            "ghost",
+            &secret("ghost"),
+            Entitlement::Consent { supersede: true },
+        ),
+    );
+    // Expired: would replace acme's chain (it consumed the stored token), but is older
+    // than the refresh-token lifetime.
+    let mut expired = planted_entry(
+        &ns,
+        "acme",
+        &secret("expired"),
+        Entitlement::SameChain {
+            consumed: digest(&acme_rt),
+        },
+    );
+    expired.received_at = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_hours(31 * 24))
+        .expect("a month ago");
+    write_json(&journal.join(format!("{ns}_acme.json")), &expired);
+    // Superseded: the answer of a call that consumed a token beta no longer stores.
+    write_json(
+        &journal.join(format!("{ns}_beta.json")),
+        &planted_entry(
+            &ns,
+            "beta",
+            &secret("superseded"),
+            Entitlement::SameChain {
+                consumed: digest("a token beta stored long ago"),
+            },
+        ),
+    );
+    // A write that never completed.
+    std::fs::write(journal.join(format!("{ns}_torn.json.tmp")), b"{\"v\":1,").expect("plant");
+
+    let before = sim.stats();
+    let mut op = spawn_operator(&ns, "op-b", &journal, &work.join("b.log"));
+    let refreshed = support::wait_for(Duration::from_secs(60), || async {
+        let now = sim.stats();
+        ["acme", "beta"]
+            .iter()
+            .all(|n| {
+                let ok = |s: &exact_sim::Stats| {
+                    s.connections.get(*n).map_or(0, |c| c.counters.refresh_ok)
+                };
+                ok(&now) >= ok(&before) + 2
+            })
+            .then_some(())
+    })
+    .await;
+    let still_running = matches!(op.try_wait(), Ok(None));
+    let _ = op.kill();
+    let _ = op.wait();
+    let log = std::fs::read_to_string(work.join("b.log")).unwrap_or_default();
+    assert!(still_running, "the operator kept running:\n{log}");
+    assert!(
+        refreshed.is_some(),
+        "both chains go on past the planted entries:\n{log}"
+    );
+    assert_eq!(sim.stats().totals.old_refresh_token_used, 0, "{log}");
+    for name in ["acme", "beta"] {
+        let (status, reason, _) = ready_of(&admin, &ns, name).await.expect("ready");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "TokenPublished")
+        );
+        let rt = stored(name).await;
+        assert!(
+            !rt.starts_with("PLANTED"),
+            "{name}'s chain was not replaced"
+        );
+    }
+    assert_ne!(
+        stored("acme").await,
+        acme_rt,
+        "acme refreshed on its own chain"
+    );
+    assert_ne!(
+        stored("beta").await,
+        beta_rt,
+        "beta refreshed on its own chain"
+    );
+
+    // serde's messages quote unexpected values: the reports must not.
+    assert!(
+        !log.contains("PLANTED-SECRET"),
+        "no journal content in the log:\n{log}"
+    );
+    // Each unreadable or foreign file reported once and set aside; nothing left to replay.
+    let set_aside = log.matches("unreadable entry set aside").count();
+    assert_eq!(
+        set_aside, 5,
+        "truncated, garbage, wrong shape, version, foreign:\n{log}"
+    );
+    for name in ["trunc", "garbage", "shape", "future", "gamma"] {
+        assert!(
+            journal.join(format!("{ns}_{name}.bad")).exists(),
+            "{name} set aside"
+        );
+    }
+    for why in [
+        "cut short (truncated)",
+        "not JSON",
+        "JSON, but not a journal entry",
+        "another version or for another file name",
+        "older than the refresh-token lifetime",
+        "superseded",
+    ] {
+        assert!(log.contains(why), "reported: {why}\n{log}");
+    }
+    assert!(
+        log.contains("the connection is gone; entry dropped"),
+        "ghost reported:\n{log}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&journal)
+        .expect("journal dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".bad"))
+        .collect();
+    assert!(left.is_empty(), "nothing left to replay: {left:?}");
 }

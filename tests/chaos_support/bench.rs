@@ -14,7 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,14 +35,59 @@ pub fn short_token_sim(client_secret: &str) -> SimConfig {
     .with_client(CLIENT_ID, client_secret)
 }
 
+/// What becomes of a killed process's token journal (`--journal-dir`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalFate {
+    /// The container restarts in the same pod: its successor gets the same directory.
+    Kept,
+    /// The pod is gone (deleted, node lost): the directory goes with the process.
+    LostWithProcess,
+}
+
 /// What one kill did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Kill {
     /// Connections whose rotated refresh token died with the process: the kill fell between
-    /// Exact's answer and the persisted write.
+    /// Exact's answer and the persisted write, and the answer is in no journal that
+    /// survives (not fsync'd yet, or the journal went with the process).
     pub lost: Vec<String>,
+    /// Connections whose rotated refresh token was not persisted but was in the kept
+    /// journal: the successor must replay it.
+    pub held: Vec<String>,
+    /// Connections whose unpersisted answer was in the journal the pod took with it (they
+    /// are in `lost` too).
+    pub in_lost_journal: Vec<String>,
+    /// Connections held by the journal at an earlier kill and still not persisted now: the
+    /// replay did not happen (a failure).
+    pub unreplayed: Vec<String>,
     /// Refresh claims the killed process still held (they block for the claim TTL).
     pub stranded_claims: usize,
+    /// What the kill moment was aimed at.
+    pub aim: Aim,
+}
+
+/// How a kill moment is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Aim {
+    /// A random moment.
+    #[default]
+    Random,
+    /// 0-40 ms after exact-sim granted a refresh (the answer may still be on its way).
+    AfterGrant,
+    /// As soon as an entry appeared in the process's journal (the answer is on disk, the
+    /// state write pending or under way).
+    AfterJournalEntry,
+}
+
+impl Aim {
+    /// How it reads in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Aim::Random => "at a random moment",
+            Aim::AfterGrant => "0-40 ms after a grant at Exact",
+            Aim::AfterJournalEntry => "as soon as a journal entry appeared",
+        }
+    }
 }
 
 /// Everything a scenario's report needs, after the bench is torn down.
@@ -89,11 +134,29 @@ pub struct Bench {
     pub opts: OperatorOpts,
     /// The test's output.
     pub out: Output,
+    /// What a kill does to the journal of the killed process.
+    pub journal_fate: JournalFate,
+    /// Holds one `--journal-dir` per process slot (spawn prefix).
+    journal_root: PathBuf,
     logs: Vec<PathBuf>,
     spawned: usize,
     started: Instant,
     /// Connections whose rotated token a kill lost (attributed so far).
     lost: BTreeSet<String>,
+    /// Connections a kept journal held at a kill, with their grant count then.
+    held: BTreeMap<String, u64>,
+}
+
+/// Where the scenario's journals live: tmpfs like the chart's `medium: Memory` emptyDir
+/// when the machine has one, else the target directory.
+fn journal_root(ns: &str) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.join("exact-chaos")
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos-journal")
+    };
+    base.join(ns)
 }
 
 impl Bench {
@@ -130,11 +193,14 @@ impl Bench {
             "[{label}] namespace {ns}: {connections} connections, operator logs in {}",
             log_dir.display()
         ));
+        let journal_root = journal_root(&ns);
+        out.say(format!("  token journals in {}", journal_root.display()));
         let opts = OperatorOpts {
             namespace: ns.clone(),
             leader_elect: false,
-            // kube_client's debug lines time the state writes (report::persist_windows).
-            rust_log: "info,kube_client=debug".into(),
+            // kube_client's debug lines time the state writes, the journal's its entries
+            // (report::persist_windows).
+            rust_log: "info,kube_client=debug,exact_operator::journal=debug".into(),
             oauth: None,
             log_dir,
         };
@@ -149,10 +215,13 @@ impl Bench {
             observer,
             opts,
             out: out.clone(),
+            journal_fate: JournalFate::Kept,
+            journal_root,
             logs: Vec::new(),
             spawned: 0,
             started,
             lost: BTreeSet::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -162,9 +231,13 @@ impl Bench {
         Self::new(label, connections, &secret, short_token_sim(&secret), out).await
     }
 
-    /// Starts one more operator process, `POD_NAME=<prefix>-<n>`.
+    /// Starts one more operator process, `POD_NAME=<prefix>-<n>`, with the journal
+    /// directory of slot `prefix` (what a restarted container of that pod finds).
     pub fn spawn(&mut self, prefix: &str) -> OperatorProcess {
-        let p = self.opts.spawn(&format!("{prefix}-{}", self.spawned));
+        let journal = self.journal_root.join(prefix);
+        let p = self
+            .opts
+            .spawn(&format!("{prefix}-{}", self.spawned), Some(&journal));
         self.spawned += 1;
         self.logs.extend(p.log.clone());
         p
@@ -231,25 +304,59 @@ impl Bench {
             .collect()
     }
 
-    /// SIGKILLs `p` and accounts for it: rotated tokens that died with it, claims it held.
-    /// A grant whose successor never reaches the state Secret once the process is dead was
-    /// lost by this kill, unless an earlier kill lost it (a lost chain never rotates again).
+    /// The journal directory of `p` (its slot: the pod name without the counter).
+    pub fn journal_of(&self, p: &OperatorProcess) -> PathBuf {
+        let slot = p.pod.rsplit_once('-').map_or(p.pod.as_str(), |(s, _)| s);
+        self.journal_root.join(slot)
+    }
+
+    /// SIGKILLs `p` and accounts for it: rotated tokens that died with it or that only its
+    /// journal holds, claims it held. A grant whose successor never reaches the state
+    /// Secret once the process is dead fell between Exact's answer and the persisted
+    /// write; it is lost unless it is in a journal the successor gets, or an earlier kill
+    /// lost it (a lost chain never rotates again). With [`JournalFate::LostWithProcess`]
+    /// the journal directory is deleted here, as a deleted pod's emptyDir is.
     pub async fn kill(&mut self, p: &mut OperatorProcess) -> Kill {
         p.sigkill();
         // A write the process sent just before dying may still land: let it, then look.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.observer.read_now().await;
-        let lost: Vec<String> = self
-            .lost_grants()
-            .into_keys()
-            .filter(|n| !self.lost.contains(n))
-            .collect();
-        self.lost.extend(lost.iter().cloned());
-        let stranded_claims = self.claims_held_by(p);
-        Kill {
-            lost,
-            stranded_claims,
+        let granted = self.sim.stats();
+        let grants = |n: &str| {
+            granted
+                .connections
+                .get(n)
+                .map_or(0, |c| c.counters.refresh_ok)
+        };
+        let journal = self.journal_of(p);
+        let mut kill = Kill::default();
+        for n in self.lost_grants().into_keys() {
+            if self.lost.contains(&n) {
+                continue;
+            }
+            if self.held.get(&n) == Some(&grants(&n)) {
+                kill.unreplayed.push(n);
+                continue;
+            }
+            let in_journal = journal.join(format!("{}_{n}.json", self.ns)).exists();
+            match (in_journal, self.journal_fate) {
+                (true, JournalFate::Kept) => {
+                    self.held.insert(n.clone(), grants(&n));
+                    kill.held.push(n);
+                }
+                (true, JournalFate::LostWithProcess) => {
+                    kill.in_lost_journal.push(n.clone());
+                    kill.lost.push(n);
+                }
+                (false, _) => kill.lost.push(n),
+            }
         }
+        if self.journal_fate == JournalFate::LostWithProcess {
+            let _ = std::fs::remove_dir_all(&journal);
+        }
+        self.lost.extend(kill.lost.iter().cloned());
+        kill.stranded_claims = self.claims_held_by(p);
+        kill
     }
 
     /// State Secrets whose refresh claim `p` holds (as of the last read).
@@ -337,6 +444,7 @@ impl Bench {
         drop(operators);
         let stats = self.sim.stats();
         let observed = self.observer.stop();
+        let _ = std::fs::remove_dir_all(&self.journal_root);
         let mut issued: Vec<String> = self.seeded.values().cloned().collect();
         issued.extend(self.codes.iter().cloned());
         issued.push(self.client_secret.clone());

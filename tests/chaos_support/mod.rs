@@ -23,8 +23,10 @@ pub struct Size {
     pub full: bool,
     /// Connections per scenario.
     pub connections: usize,
-    /// (a) SIGKILLs.
+    /// (a) SIGKILLs, the journal kept.
     pub sigkills: usize,
+    /// (g) SIGKILLs, the journal deleted with the process.
+    pub journal_lost_kills: usize,
     /// (b) SIGTERM restarts.
     pub sigterms: usize,
     /// (c) leader SIGKILLs.
@@ -46,6 +48,7 @@ impl Size {
                 full,
                 connections: 50,
                 sigkills: 30,
+                journal_lost_kills: 30,
                 sigterms: 30,
                 leader_kills: 10,
                 outage: Duration::from_secs(20),
@@ -56,7 +59,8 @@ impl Size {
             Size {
                 full,
                 connections: 20,
-                sigkills: 8,
+                sigkills: 12,
+                journal_lost_kills: 8,
                 sigterms: 8,
                 leader_kills: 3,
                 outage: Duration::from_secs(10),

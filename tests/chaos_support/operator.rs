@@ -5,7 +5,7 @@
 use crate::harness::process::{OperatorCommand, OperatorProcess};
 use crate::support;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use crate::harness::process::free_loopback_addr;
 
@@ -25,9 +25,9 @@ pub struct OperatorOpts {
 }
 
 impl OperatorOpts {
-    /// Starts `exact-operator` with `POD_NAME=pod`, its stderr in `<log_dir>/<pod>.log`.
-    /// Dropping the process SIGKILLs it.
-    pub fn spawn(&self, pod: &str) -> OperatorProcess {
+    /// Starts `exact-operator` with `POD_NAME=pod`, its stderr in `<log_dir>/<pod>.log`,
+    /// and `--journal-dir journal` when given. Dropping the process SIGKILLs it.
+    pub fn spawn(&self, pod: &str, journal: Option<&Path>) -> OperatorProcess {
         let mut cmd = OperatorCommand::new(
             env!("CARGO_BIN_EXE_exact-operator"),
             support::operator_kubeconfig_path(),
@@ -41,6 +41,9 @@ impl OperatorOpts {
         .args(["--log-format", "json"])
         .arg_if(self.leader_elect, "--leader-elect")
         .log(self.log_dir.join(format!("{pod}.log")));
+        if let Some(dir) = journal {
+            cmd = cmd.args(["--journal-dir".to_string(), dir.display().to_string()]);
+        }
         if let Some(addr) = self.oauth {
             cmd = cmd
                 .args(["--oauth-addr", &addr.to_string()])
