@@ -232,7 +232,11 @@ pub struct ExactConnectionSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ExactConnectionStatus {
     /// Ready and its reason: TokenPublished, AwaitingAuthorization, ReauthorizationRequired,
-    /// ClientNotReady, ClientNotAllowed, TargetSecretConflict, RefreshFailing, Suspended, InvalidSpec.
+    /// ClientNotReady, ClientNotAllowed, TargetSecretConflict, RefreshFailing, Suspended,
+    /// InvalidSpec, InvalidTemplate. DuplicateUser=True (SameExactUser) when another
+    /// connection on the same client holds the same Exact user's consent;
+    /// DivisionsAvailable=False (DivisionNotAccessible) when a listed division is not open to
+    /// the user.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The metadata.generation this status describes.
