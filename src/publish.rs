@@ -78,12 +78,33 @@ pub struct Target<'a> {
 }
 
 /// Creates or updates the workload Secret if it differs; never touches a foreign Secret.
+/// `cached` is the Secret as the managed-Secret watch shows it (Some(None): not there); a
+/// foreign Secret is not in that watch, so a refused create reads the Secret to tell.
 pub async fn publish(
     api: &Api<Secret>,
     target: &Target<'_>,
     data: BTreeMap<String, ByteString>,
+    cached: Option<Option<Secret>>,
 ) -> Result<Published, kube::Error> {
-    let existing = api.get_opt(target.name).await?;
+    let existing = match cached {
+        Some(found) => found,
+        None => api.get_opt(target.name).await?,
+    };
+    match write_if_changed(api, target, data.clone(), existing).await {
+        Err(e) if crate::secrets::is_conflict(&e) => {
+            let existing = api.get_opt(target.name).await?;
+            write_if_changed(api, target, data, existing).await
+        }
+        done => done,
+    }
+}
+
+async fn write_if_changed(
+    api: &Api<Secret>,
+    target: &Target<'_>,
+    data: BTreeMap<String, ByteString>,
+    existing: Option<Secret>,
+) -> Result<Published, kube::Error> {
     let mut labels = target.labels.clone();
     labels.extend(managed_labels(target.connection, "token"));
     let annotations = target.annotations.clone();
@@ -158,9 +179,13 @@ pub async fn publish_from_state(
         labels: &conn.spec.target.labels,
         annotations: &conn.spec.target.annotations,
     };
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
-    let published = publish(&api, &target, data).await?;
+    let ns = conn.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let cached = ctx
+        .caches
+        .managed_secret(&ns, &r.target_name)
+        .map(|s| s.map(|s| (*s).clone()));
+    let published = publish(&api, &target, data, cached).await?;
     if published == Published::Written {
         crate::nudge::after_write(ctx, conn, &r.target_name).await;
     }

@@ -13,7 +13,7 @@ use crate::events::event;
 use crate::identity::identify;
 use crate::publish::{publish_from_state, Published};
 use crate::resolve::{dereference, Blocked, Resolved};
-use crate::secrets::{load_state, RefError};
+use crate::secrets::RefError;
 use crate::state::{digest, ConnectionState};
 use crate::state_store::StateHandle;
 use crate::token::TokenEndpoint;
@@ -50,13 +50,18 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
         Err(Blocked { reason, message }) => return Ok(Outcome::not_ready(reason, message)),
     };
     let handle = state_handle(conn, ctx)?;
-    let stored = match load(conn, ctx, &r, &handle).await? {
-        Ok(stored) => stored,
+    let (mut stored, unsaved_import) = match load(conn, ctx, &r, &handle).await? {
+        Ok(loaded) => loaded,
         Err(blocked) => return Ok(blocked),
     };
     let spec = chain_spec(conn, ctx, &r);
     let now = Timestamp::now();
     let decision = chain::decide(&stored.state, &r.policy, &spec, now);
+    // A new connection's import is stored by its claim write; otherwise store it now.
+    if unsaved_import && !matches!(decision, Decision::Call { .. }) {
+        let rv = handle.write(&stored.state, None).await?;
+        stored.version = Some(rv);
+    }
     // Restore the workload Secret from state when it was edited or deleted: no token call.
     let restore = matches!(
         decision,
@@ -93,24 +98,28 @@ fn chain_spec<'a>(conn: &ExactConnection, ctx: &'a Context, r: &'a Resolved) -> 
     }
 }
 
-/// Loads the state and imports a bootstrap refresh token whose value is new. A dead chain
-/// whose inputs changed is marked alive again (the next write stores that).
+/// Loads the state (from the watch) and imports a bootstrap refresh token whose value is
+/// new. A dead chain whose inputs changed is marked alive again (the next write stores
+/// that). An import into a state Secret that does not exist yet is not written here (true):
+/// the claim creates the Secret with it.
 async fn load(
     conn: &ExactConnection,
     ctx: &Context,
     r: &Resolved,
     handle: &StateHandle,
-) -> Result<Result<Stored, Outcome>, Error> {
-    let loaded = load_state(&handle.api, &handle.name).await?;
-    let mut stored = Stored {
-        state: loaded.state,
-        version: loaded.resource_version,
-    };
+) -> Result<Result<(Stored, bool), Outcome>, Error> {
+    let mut stored = handle.load_cached(&ctx.caches).await?;
     if let Some(bref) = &conn.spec.refresh_token_secret_ref {
         let ns = conn.namespace().unwrap_or_default();
         match ctx
             .caches
-            .secret_key(&handle.api, &ns, &bref.name, &bref.key)
+            .secret_key(
+                &handle.api,
+                &ns,
+                &bref.name,
+                &bref.key,
+                ctx.settings.bootstrap_recheck,
+            )
             .await
         {
             Ok(token) => {
@@ -118,6 +127,12 @@ async fn load(
                 if stored.state.bootstrap_digest.as_deref() != Some(d.as_str()) {
                     let mut st = stored.state.clone();
                     chain::import_bootstrap(&mut st, token, d);
+                    if stored.version.is_none() {
+                        // New: its first Event is the published token's.
+                        stored.state = st;
+                        revive_if_inputs_changed(&mut stored, r);
+                        return Ok(Ok((stored, true)));
+                    }
                     let rv = handle.write(&st, stored.version.as_deref()).await?;
                     stored = Stored {
                         state: st,
@@ -138,6 +153,11 @@ async fn load(
             Err(_) => {}
         }
     }
+    revive_if_inputs_changed(&mut stored, r);
+    Ok(Ok((stored, false)))
+}
+
+fn revive_if_inputs_changed(stored: &mut Stored, r: &Resolved) {
     if stored
         .state
         .dead
@@ -146,7 +166,6 @@ async fn load(
     {
         stored.state.dead = None;
     }
-    Ok(Ok(stored))
 }
 
 /// One exchange of the stored refresh token, then what its end means for the connection.
@@ -225,7 +244,14 @@ async fn report(
                 let note = "token refresh works again".to_string();
                 event(ctx, conn, EventType::Normal, "Recovered", note).await;
             } else if first {
-                let note = "first access token published".to_string();
+                // The one Event of a new connection (its bootstrap import has none).
+                let note = match &conn.spec.refresh_token_secret_ref {
+                    Some(b) => format!(
+                        "first access token published (refresh token imported from Secret {})",
+                        b.name
+                    ),
+                    None => "first access token published".to_string(),
+                };
                 event(ctx, conn, EventType::Normal, "Authorized", note).await;
             }
         }
