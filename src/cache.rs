@@ -30,6 +30,7 @@ pub struct Caches {
     watched: RwLock<HashMap<SecretId, Store<Secret>>>,
     values: Mutex<HashMap<KeyId, (Instant, SecretString)>>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
+    own_writes: Mutex<HashMap<SecretId, String>>,
     /// States this process wrote, until the managed-Secret watch shows them.
     pub written: Arc<WrittenStates>,
 }
@@ -189,6 +190,34 @@ impl Caches {
             values.insert(id, (Instant::now(), value.clone()));
         }
         Ok(value)
+    }
+
+    /// Remembers that this process wrote managed Secret `name` at resourceVersion `rv`.
+    pub fn own_write(&self, namespace: &str, name: &str, rv: Option<&str>) {
+        if let (Some(rv), Ok(mut w)) = (rv, self.own_writes.lock()) {
+            w.insert((namespace.into(), name.into()), rv.into());
+        }
+    }
+
+    /// Whether `secret` as watched is this process's own last write of it (its echo needs
+    /// no reconcile). A deletion carries a newer resourceVersion, so it is never an echo.
+    pub fn is_own_write(&self, secret: &Secret) -> bool {
+        let (Some(ns), Some(name), Some(rv)) = (
+            secret.metadata.namespace.as_ref(),
+            secret.metadata.name.as_ref(),
+            secret.metadata.resource_version.as_ref(),
+        ) else {
+            return false;
+        };
+        let Ok(mut w) = self.own_writes.lock() else {
+            return false;
+        };
+        let id = (ns.clone(), name.clone());
+        if w.get(&id) == Some(rv) {
+            w.remove(&id);
+            return true;
+        }
+        false
     }
 
     /// The status last written for the connection with `uid`, when it is fresher than the

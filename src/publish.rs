@@ -55,8 +55,8 @@ pub fn workload_data(t: &WorkloadToken<'_>) -> BTreeMap<String, ByteString> {
 /// Outcome of publishing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
-    /// Created or rewritten.
-    Written,
+    /// Created or rewritten (at this resourceVersion).
+    Written(Option<String>),
     /// Already up to date: no write.
     Unchanged,
     /// A Secret of that name exists and is not ours: left alone.
@@ -139,14 +139,14 @@ async fn write_if_changed(
         data: Some(data),
         ..Default::default()
     };
-    match existing {
+    let written = match existing {
         Some(_) => {
             api.replace(target.name, &PostParams::default(), &secret)
                 .await?
         }
         None => api.create(&PostParams::default(), &secret).await?,
     };
-    Ok(Published::Written)
+    Ok(Published::Written(written.metadata.resource_version))
 }
 
 /// Publishes the state's access token into the connection's workload Secret (a no-op when
@@ -186,7 +186,8 @@ pub async fn publish_from_state(
         .managed_secret(&ns, &r.target_name)
         .map(|s| s.map(|s| (*s).clone()));
     let published = publish(&api, &target, data, cached).await?;
-    if published == Published::Written {
+    if let Published::Written(rv) = &published {
+        ctx.caches.own_write(&ns, &r.target_name, rv.as_deref());
         crate::nudge::after_write(ctx, conn, &r.target_name).await;
     }
     Ok(published)

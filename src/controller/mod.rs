@@ -150,12 +150,13 @@ async fn run_connections(
             Default::default(),
         );
     let (managed_store, managed_writer) = reflector::store::<Secret>();
+    let echo = ctx.clone();
     let workload_changes = watcher(scoped::<Secret>(&client, scope.as_deref()), managed())
         .default_backoff()
         .modify(strip_managed_fields)
         .reflect(managed_writer)
         .touched_objects()
-        .try_filter(|s| future::ready(is_workload_secret(s)));
+        .try_filter(move |s| future::ready(is_workload_secret(s) && !echo.caches.is_own_write(s)));
     ctx.caches.install(client_store.clone(), managed_store);
     let by_client = conn_store.clone();
     let by_secret = (conn_store.clone(), client_store);
