@@ -263,6 +263,8 @@ pub async fn restart(
         resync_seconds: resync.as_secs_f64(),
         token_calls: after.totals.token_calls - before.totals.token_calls,
         scheduled_calls,
+        unscheduled_calls: (after.totals.too_early - before.totals.too_early)
+            + (after.totals.old_refresh_token_used - before.totals.old_refresh_token_used),
         writes: phase.writes_per_unit * n,
         scheduled_writes: scheduled_calls * input.writes_per_refresh,
         rss_mib: crate::process::status_kib(operator.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0,

@@ -43,6 +43,9 @@ pub struct Restart {
     pub token_calls: u64,
     /// Token calls the schedule alone explains in a window that long (steady rate).
     pub scheduled_calls: f64,
+    /// Calls in the window that were not due: too-early refusals plus reuses of an old
+    /// refresh token (a call the schedule explains is neither).
+    pub unscheduled_calls: u64,
     /// API writes in the window.
     pub writes: f64,
     /// Writes the scheduled calls explain (steady writes per refresh).
@@ -358,6 +361,10 @@ fn restart_rows(row: &mut impl FnMut(String, String), x: &Restart) {
     row(
         "**restart: token calls in the window (the schedule alone: ~n)**".into(),
         format!("**{} (~{:.0})**", x.token_calls, x.scheduled_calls),
+    );
+    row(
+        "**restart: calls in the window that were not due (too early + old token)**".into(),
+        format!("**{}**", x.unscheduled_calls),
     );
     row(
         "**restart: API writes in the window (the schedule alone: ~n)**".into(),
