@@ -89,15 +89,6 @@ impl Caches {
         store.get(&ObjectRef::new(name).within(namespace))
     }
 
-    /// Waits (at most `limit`) until the managed-Secret watch has listed once, so the first
-    /// reconciles after a start read it instead of asking the API server for each Secret.
-    pub async fn managed_synced(&self, limit: Duration) {
-        let store = self.managed.read().ok().and_then(|s| s.clone());
-        if let Some(store) = store {
-            let _ = tokio::time::timeout(limit, store.wait_until_ready()).await;
-        }
-    }
-
     /// A managed Secret from its watch: Some(None) when the synced watch has no such Secret,
     /// None when the watch is not synced (the caller asks the API server).
     pub fn managed_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {

@@ -11,10 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 use std::sync::Arc;
 
-/// How long a reconcile waits for the managed-Secret watch's first list before it reads
-/// from the API server instead.
-const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Where a connection's state lives.
 pub struct StateHandle {
     /// Secrets of the connection's namespace.
@@ -60,7 +56,6 @@ impl StateHandle {
     /// only while the watch is not synced. A stale answer is safe: every write is conditional
     /// on its resourceVersion, so it ends in a 409 and a retry, never in a second spend.
     pub async fn load_cached(&self, caches: &Caches) -> Result<Stored, kube::Error> {
-        caches.managed_synced(SYNC_WAIT).await;
         match caches.state(&self.namespace, &self.name) {
             Some(stored) => Ok(stored),
             None => StateStore::load(self).await,

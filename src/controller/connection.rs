@@ -109,17 +109,19 @@ async fn load(
     handle: &StateHandle,
 ) -> Result<Result<(Stored, bool), Outcome>, Error> {
     let mut stored = handle.load_cached(&ctx.caches).await?;
+    // A spec not yet reconciled (e.g. a new bootstrap ref) reads its bootstrap Secret afresh.
+    let spec_changed =
+        conn.status.as_ref().and_then(|s| s.observed_generation) != conn.metadata.generation;
+    let recheck = if spec_changed {
+        Duration::ZERO
+    } else {
+        ctx.settings.bootstrap_recheck
+    };
     if let Some(bref) = &conn.spec.refresh_token_secret_ref {
         let ns = conn.namespace().unwrap_or_default();
         match ctx
             .caches
-            .secret_key(
-                &handle.api,
-                &ns,
-                &bref.name,
-                &bref.key,
-                ctx.settings.bootstrap_recheck,
-            )
+            .secret_key(&handle.api, &ns, &bref.name, &bref.key, recheck)
             .await
         {
             Ok(token) => {
