@@ -1,29 +1,40 @@
-//! Caches that spare the API server a read on every reconcile: the watched
-//! ExactOAuthClients, the metadata of all Secrets (resourceVersions only, no data), the
-//! values of referenced Secret keys (reused while their Secret's resourceVersion is
-//! unchanged) and the last status written per connection.
+//! Caches that spare the API server a read on every reconcile. Each holds the operator's own
+//! objects only, so memory grows with connections, never with other people's Secrets:
+//! - the watched ExactOAuthClients;
+//! - the managed Secrets (state and workload Secrets, watched by the managed-by label);
+//! - the Secrets ExactOAuthClients reference, each watched by name while referenced
+//!   (`crate::controller::referenced`);
+//! - other referenced keys (bootstrap refresh tokens), re-read when older than a TTL;
+//! - the state and status this process wrote last (the watches lag behind its own writes).
 
+use crate::chain::Stored;
 use crate::crd::{DivisionInfo, ExactConnection, ExactConnectionStatus, ExactOAuthClient};
-use crate::secrets::{read_key_versioned, RefError};
+use crate::secrets::{key_of, read_key_versioned, RefError};
+use crate::state::ConnectionState;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 type KeyId = (String, String, String);
+type SecretId = (String, String);
 
 /// The caches; stores are installed by each controller run (they change with leadership).
 #[derive(Default)]
 pub struct Caches {
     clients: RwLock<Option<Store<ExactOAuthClient>>>,
-    secret_meta: RwLock<Option<Store<PartialObjectMeta<Secret>>>>,
-    values: Mutex<HashMap<KeyId, (String, SecretString)>>,
+    managed: RwLock<Option<Store<Secret>>>,
+    watched: RwLock<HashMap<SecretId, Store<Secret>>>,
+    values: Mutex<HashMap<KeyId, (Instant, SecretString)>>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
     peers: PeerCaches,
+    own_writes: Mutex<HashMap<SecretId, String>>,
+    /// States this process wrote, until the managed-Secret watch shows them.
+    pub written: Arc<WrittenStates>,
 }
 
 /// What connections learn about each other: the watched connections (for same-user
@@ -49,18 +60,51 @@ pub struct Discovered {
     pub error: Option<String>,
 }
 
+/// States written by this process, by (namespace, Secret name), at their resourceVersion.
+#[derive(Default)]
+pub struct WrittenStates(Mutex<HashMap<SecretId, (u64, ConnectionState)>>);
+
+impl WrittenStates {
+    /// Remembers a state written at resourceVersion `rv`.
+    pub fn remember(&self, namespace: &str, name: &str, rv: &str, state: &ConnectionState) {
+        let (Ok(rv), Ok(mut m)) = (rv.parse::<u64>(), self.0.lock()) else {
+            return;
+        };
+        m.insert((namespace.into(), name.into()), (rv, state.clone()));
+    }
+
+    /// The remembered state when it is newer than `seen_rv` (what the watch shows); an entry
+    /// the watch has caught up with is dropped.
+    fn newer_than(&self, id: &SecretId, seen_rv: Option<u64>) -> Option<(String, ConnectionState)> {
+        let mut m = self.0.lock().ok()?;
+        let (rv, _) = m.get(id)?;
+        if seen_rv.is_some_and(|seen| seen >= *rv) {
+            m.remove(id);
+            return None;
+        }
+        m.get(id).map(|(rv, s)| (rv.to_string(), s.clone()))
+    }
+}
+
+fn ready<K: kube::Resource + Clone>(store: &Store<K>) -> bool
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    use futures::FutureExt;
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 impl Caches {
     /// Installs the stores of a controller run.
-    pub fn install(
-        &self,
-        clients: Store<ExactOAuthClient>,
-        secret_meta: Store<PartialObjectMeta<Secret>>,
-    ) {
+    pub fn install(&self, clients: Store<ExactOAuthClient>, managed: Store<Secret>) {
         if let Ok(mut c) = self.clients.write() {
             *c = Some(clients);
         }
-        if let Ok(mut s) = self.secret_meta.write() {
-            *s = Some(secret_meta);
+        if let Ok(mut s) = self.managed.write() {
+            *s = Some(managed);
         }
     }
 
@@ -70,39 +114,135 @@ impl Caches {
         store.get(&ObjectRef::new(name).within(namespace))
     }
 
-    fn secret_version(&self, namespace: &str, name: &str) -> Option<String> {
-        let store = self.secret_meta.read().ok()?.clone()?;
-        store
-            .get(&ObjectRef::new(name).within(namespace))?
-            .metadata
-            .resource_version
-            .clone()
+    /// A managed Secret from its watch: Some(None) when the synced watch has no such Secret,
+    /// None when the watch is not synced (the caller asks the API server).
+    pub fn managed_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
+        let store = self.managed.read().ok()?.clone()?;
+        ready(&store).then(|| store.get(&ObjectRef::new(name).within(namespace)))
     }
 
-    /// Reads a Secret key, reusing the cached value while the Secret's resourceVersion (as
-    /// seen by the metadata watch) is the one it was read at.
+    /// The state in Secret `name`: the newer of the watched Secret and this process's last
+    /// write (version None: no such Secret). None when the watch is not synced.
+    pub fn state(&self, namespace: &str, name: &str) -> Option<Stored> {
+        let watched = self.managed_secret(namespace, name)?;
+        let seen_rv = watched
+            .as_ref()
+            .and_then(|s| s.metadata.resource_version.as_deref()?.parse().ok());
+        let id = (namespace.to_string(), name.to_string());
+        if let Some((rv, state)) = self.written.newer_than(&id, seen_rv) {
+            return Some(Stored {
+                state,
+                version: Some(rv),
+            });
+        }
+        Some(match watched {
+            Some(s) => Stored {
+                state: s
+                    .data
+                    .as_ref()
+                    .map(ConnectionState::from_data)
+                    .unwrap_or_default(),
+                version: s.metadata.resource_version.clone(),
+            },
+            None => Stored::default(),
+        })
+    }
+
+    /// Starts serving Secret `namespace/name` from its own watch (see `referenced`).
+    pub fn watch_secret(&self, namespace: &str, name: &str, store: Store<Secret>) {
+        if let Ok(mut w) = self.watched.write() {
+            w.insert((namespace.into(), name.into()), store);
+        }
+    }
+
+    /// Stops serving a Secret from a watch that ended.
+    pub fn unwatch_secret(&self, namespace: &str, name: &str) {
+        if let Ok(mut w) = self.watched.write() {
+            w.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+
+    fn watched_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Option<Result<SecretString, RefError>> {
+        let store = self
+            .watched
+            .read()
+            .ok()?
+            .get(&(namespace.to_string(), name.to_string()))?
+            .clone();
+        if !ready(&store) {
+            return None;
+        }
+        Some(key_of(
+            store
+                .get(&ObjectRef::new(name).within(namespace))
+                .as_deref(),
+            namespace,
+            name,
+            key,
+        ))
+    }
+
+    /// Reads a Secret key: from the Secret's own watch when it has one, else from the value
+    /// read less than `ttl` ago, else from the API server (errors are not cached).
     pub async fn secret_key(
         &self,
         api: &Api<Secret>,
         namespace: &str,
         name: &str,
         key: &str,
+        ttl: Duration,
     ) -> Result<SecretString, RefError> {
+        if let Some(found) = self.watched_key(namespace, name, key) {
+            return found;
+        }
         let id = (namespace.to_string(), name.to_string(), key.to_string());
-        if let Some(rv) = self.secret_version(namespace, name) {
-            if let Ok(values) = self.values.lock() {
-                if let Some((cached_rv, v)) = values.get(&id) {
-                    if *cached_rv == rv {
-                        return Ok(v.clone());
-                    }
+        if let Ok(values) = self.values.lock() {
+            if let Some((at, v)) = values.get(&id) {
+                if at.elapsed() < ttl {
+                    return Ok(v.clone());
                 }
             }
         }
-        let (value, rv) = read_key_versioned(api, namespace, name, key).await?;
-        if let (Some(rv), Ok(mut values)) = (rv, self.values.lock()) {
-            values.insert(id, (rv, value.clone()));
+        let (value, _) = read_key_versioned(api, namespace, name, key).await?;
+        if let Ok(mut values) = self.values.lock() {
+            // Values of Secrets nobody asks for any more go with their TTL.
+            values.retain(|_, (at, _)| at.elapsed() < ttl);
+            values.insert(id, (Instant::now(), value.clone()));
         }
         Ok(value)
+    }
+
+    /// Remembers that this process wrote managed Secret `name` at resourceVersion `rv`.
+    pub fn own_write(&self, namespace: &str, name: &str, rv: Option<&str>) {
+        if let (Some(rv), Ok(mut w)) = (rv, self.own_writes.lock()) {
+            w.insert((namespace.into(), name.into()), rv.into());
+        }
+    }
+
+    /// Whether `secret` as watched is this process's own last write of it (its echo needs
+    /// no reconcile). A deletion carries a newer resourceVersion, so it is never an echo.
+    pub fn is_own_write(&self, secret: &Secret) -> bool {
+        let (Some(ns), Some(name), Some(rv)) = (
+            secret.metadata.namespace.as_ref(),
+            secret.metadata.name.as_ref(),
+            secret.metadata.resource_version.as_ref(),
+        ) else {
+            return false;
+        };
+        let Ok(mut w) = self.own_writes.lock() else {
+            return false;
+        };
+        let id = (ns.clone(), name.clone());
+        if w.get(&id) == Some(rv) {
+            w.remove(&id);
+            return true;
+        }
+        false
     }
 
     /// The status last written for the connection with `uid`, when it is fresher than the

@@ -36,6 +36,10 @@ pub struct Settings {
     /// the label `exact-operator.io/refresh-mounts` so the kubelet refreshes their Secret
     /// volume at once (see `crate::nudge`).
     pub nudge_mounting_pods: bool,
+    /// How long a bootstrap refresh token read from its Secret is reused before the Secret
+    /// is read again (a new value is imported then; a spec change reads it at once).
+    /// Bootstrap Secrets are the user's and unlabelled, so no watch sees them.
+    pub bootstrap_recheck: Duration,
 }
 
 impl Default for Settings {
@@ -50,6 +54,7 @@ impl Default for Settings {
             oauth_state_ttl: Duration::from_secs(600),
             consent_ticket_ttl: Duration::from_secs(1800),
             nudge_mounting_pods: false,
+            bootstrap_recheck: Duration::from_secs(3600),
         }
     }
 }

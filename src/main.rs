@@ -78,6 +78,10 @@ struct Args {
     /// Namespace of the operator's own Secrets and Lease (the OAuth state-signing key).
     #[arg(long, env = "POD_NAMESPACE", default_value = "exact-operator-system")]
     operator_namespace: String,
+    /// Seconds a bootstrap refresh token read from its Secret is reused before that Secret is
+    /// read again (bootstrap Secrets are not watched: a new value is imported within this).
+    #[arg(long, env = "EXACT_BOOTSTRAP_RECHECK_SECONDS", default_value_t = 3600)]
+    bootstrap_recheck_seconds: u64,
 }
 
 /// Entries older than Exact's refresh-token lifetime are worthless.
@@ -103,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         watch_namespace: args.namespace.filter(|n| !n.is_empty()),
         public_url: args.public_url.filter(|u| !u.is_empty()),
         nudge_mounting_pods: args.nudge_mounting_pods,
+        bootstrap_recheck: std::time::Duration::from_secs(args.bootstrap_recheck_seconds),
         ..Settings::default()
     };
     let mut ctx = Context::new(client, identity(), settings, metrics.clone());

@@ -103,8 +103,8 @@ pub fn add_templated(
 /// Outcome of publishing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
-    /// Created or rewritten.
-    Written,
+    /// Created or rewritten (at this resourceVersion).
+    Written(Option<String>),
     /// Already up to date: no write.
     Unchanged,
     /// A Secret of that name exists and is not ours: left alone.
@@ -126,12 +126,33 @@ pub struct Target<'a> {
 }
 
 /// Creates or updates the workload Secret if it differs; never touches a foreign Secret.
+/// `cached` is the Secret as the managed-Secret watch shows it (Some(None): not there); a
+/// foreign Secret is not in that watch, so a refused create reads the Secret to tell.
 pub async fn publish(
     api: &Api<Secret>,
     target: &Target<'_>,
     data: BTreeMap<String, ByteString>,
+    cached: Option<Option<Secret>>,
 ) -> Result<Published, kube::Error> {
-    let existing = api.get_opt(target.name).await?;
+    let existing = match cached {
+        Some(found) => found,
+        None => api.get_opt(target.name).await?,
+    };
+    match write_if_changed(api, target, data.clone(), existing).await {
+        Err(e) if crate::secrets::is_conflict(&e) => {
+            let existing = api.get_opt(target.name).await?;
+            write_if_changed(api, target, data, existing).await
+        }
+        done => done,
+    }
+}
+
+async fn write_if_changed(
+    api: &Api<Secret>,
+    target: &Target<'_>,
+    data: BTreeMap<String, ByteString>,
+    existing: Option<Secret>,
+) -> Result<Published, kube::Error> {
     let mut labels = target.labels.clone();
     labels.extend(managed_labels(target.connection, "token"));
     let annotations = target.annotations.clone();
@@ -166,14 +187,14 @@ pub async fn publish(
         data: Some(data),
         ..Default::default()
     };
-    match existing {
+    let written = match existing {
         Some(_) => {
             api.replace(target.name, &PostParams::default(), &secret)
                 .await?
         }
         None => api.create(&PostParams::default(), &secret).await?,
     };
-    Ok(Published::Written)
+    Ok(Published::Written(written.metadata.resource_version))
 }
 
 /// Publishes the state's access token into the connection's workload Secret (a no-op when
@@ -215,9 +236,15 @@ pub async fn publish_from_state(
         labels: &conn.spec.target.labels,
         annotations: &conn.spec.target.annotations,
     };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let published = publish(&api, &target, data).await?;
-    if published == Published::Written {
+    let ns = namespace;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let cached = ctx
+        .caches
+        .managed_secret(&ns, &r.target_name)
+        .map(|s| s.map(|s| (*s).clone()));
+    let published = publish(&api, &target, data, cached).await?;
+    if let Published::Written(rv) = &published {
+        ctx.caches.own_write(&ns, &r.target_name, rv.as_deref());
         crate::nudge::after_write(ctx, conn, &r.target_name).await;
     }
     Ok(published)

@@ -112,7 +112,7 @@ pub async fn dereference(
     let r = &client.spec.client_secret_ref;
     let client_secret = match ctx
         .caches
-        .secret_key(&secrets, &client_ns, &r.name, &r.key)
+        .secret_key(&secrets, &client_ns, &r.name, &r.key, Duration::ZERO)
         .await
     {
         Ok(s) => s,

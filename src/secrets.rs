@@ -79,13 +79,7 @@ pub async fn read_key_versioned(
     key: &str,
 ) -> Result<(SecretString, Option<String>), RefError> {
     let secret = match api.get_opt(name).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return Err(RefError::SecretMissing {
-                namespace: namespace.into(),
-                name: name.into(),
-            })
-        }
+        Ok(s) => s,
         Err(source) => {
             return Err(RefError::Api {
                 namespace: namespace.into(),
@@ -93,6 +87,25 @@ pub async fn read_key_versioned(
                 source,
             })
         }
+    };
+    let rv = secret
+        .as_ref()
+        .and_then(|s| s.metadata.resource_version.clone());
+    key_of(secret.as_ref(), namespace, name, key).map(|v| (v, rv))
+}
+
+/// The trimmed text value of `key` in `secret` (None: the Secret does not exist).
+pub fn key_of(
+    secret: Option<&Secret>,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<SecretString, RefError> {
+    let Some(secret) = secret else {
+        return Err(RefError::SecretMissing {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
     };
     let raw = secret
         .data
@@ -114,10 +127,9 @@ pub async fn read_key_versioned(
         });
     };
     match String::from_utf8(raw) {
-        Ok(s) if !s.trim().is_empty() && !s.trim().chars().any(char::is_control) => Ok((
-            SecretString::from(s.trim().to_string()),
-            secret.metadata.resource_version,
-        )),
+        Ok(s) if !s.trim().is_empty() && !s.trim().chars().any(char::is_control) => {
+            Ok(SecretString::from(s.trim().to_string()))
+        }
         _ => Err(RefError::BadValue {
             namespace: namespace.into(),
             name: name.into(),

@@ -1,6 +1,7 @@
 //! The Kubernetes home of a chain: the connection's state Secret, written with
 //! resourceVersion preconditions, as the chain core's [`StateStore`].
 
+use crate::cache::{Caches, WrittenStates};
 use crate::chain::{Entitlement, StateStore, Stored, WriteError};
 use crate::journal::{Entry, Journal};
 use crate::secrets::{is_conflict, load_state, write_state};
@@ -26,6 +27,8 @@ pub struct StateHandle {
     pub journal: Option<Arc<Journal>>,
     /// Journal write durations.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Where this process's writes are remembered until the managed-Secret watch shows them.
+    pub written: Option<Arc<WrittenStates>>,
 }
 
 impl StateHandle {
@@ -45,7 +48,18 @@ impl StateHandle {
             namespace,
             journal: ctx.journal.clone(),
             metrics: Some(ctx.metrics.clone()),
+            written: Some(ctx.caches.written.clone()),
         })
+    }
+
+    /// The state as the watch (or this process's last write) shows it; from the API server
+    /// only while the watch is not synced. A stale answer is safe: every write is conditional
+    /// on its resourceVersion, so it ends in a 409 and a retry, never in a second spend.
+    pub async fn load_cached(&self, caches: &Caches) -> Result<Stored, kube::Error> {
+        match caches.state(&self.namespace, &self.name) {
+            Some(stored) => Ok(stored),
+            None => StateStore::load(self).await,
+        }
     }
 
     /// Conditional write (create when `rv` is None).
@@ -54,7 +68,7 @@ impl StateHandle {
         state: &ConnectionState,
         rv: Option<&str>,
     ) -> Result<String, kube::Error> {
-        write_state(
+        let written = write_state(
             &self.api,
             &self.name,
             &self.owner,
@@ -62,7 +76,11 @@ impl StateHandle {
             state,
             rv,
         )
-        .await
+        .await?;
+        if let Some(w) = &self.written {
+            w.remember(&self.namespace, &self.name, &written, state);
+        }
+        Ok(written)
     }
 }
 

@@ -51,13 +51,18 @@ async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
         Err(Blocked { reason, message }) => return Ok(Outcome::not_ready(reason, message)),
     };
     let handle = state_handle(conn, ctx)?;
-    let stored = match load(conn, ctx, &r, &handle).await? {
-        Ok(stored) => stored,
+    let (mut stored, unsaved_import) = match load(conn, ctx, &r, &handle).await? {
+        Ok(loaded) => loaded,
         Err(blocked) => return Ok(blocked),
     };
     let spec = chain_spec(conn, ctx, &r);
     let now = Timestamp::now();
     let decision = chain::decide(&stored.state, &r.policy, &spec, now);
+    // A new connection's import is stored by its claim write; otherwise store it now.
+    if unsaved_import && !matches!(decision, Decision::Call { .. }) {
+        let rv = handle.write(&stored.state, None).await?;
+        stored.version = Some(rv);
+    }
     crate::divisions::ensure(ctx, conn, &r, &stored.state).await;
     // Restore the workload Secret from state when it was edited or deleted: no token call.
     let restore = matches!(
@@ -98,20 +103,25 @@ fn chain_spec<'a>(conn: &ExactConnection, ctx: &'a Context, r: &'a Resolved) -> 
     }
 }
 
-/// Loads the state and imports a bootstrap refresh token whose value is new. A dead chain
-/// whose inputs changed is marked alive again (the next write stores that). A bad
-/// `spec.target.template` stops here, before any token call or write: the workload Secret
-/// keeps its last good contents until the template is fixed.
+/// Loads the state (from the watch) and imports a bootstrap refresh token whose value is
+/// new. A dead chain whose inputs changed is marked alive again (the next write stores
+/// that). An import into a state Secret that does not exist yet is not written here (true):
+/// the claim creates the Secret with it. A bad `spec.target.template` stops here, before any
+/// token call or write: the workload Secret keeps its last good contents until it is fixed.
 async fn load(
     conn: &ExactConnection,
     ctx: &Context,
     r: &Resolved,
     handle: &StateHandle,
-) -> Result<Result<Stored, Outcome>, Error> {
-    let loaded = load_state(&handle.api, &handle.name).await?;
-    let mut stored = Stored {
-        state: loaded.state,
-        version: loaded.resource_version,
+) -> Result<Result<(Stored, bool), Outcome>, Error> {
+    let mut stored = handle.load_cached(&ctx.caches).await?;
+    // A spec not yet reconciled (e.g. a new bootstrap ref) reads its bootstrap Secret afresh.
+    let spec_changed =
+        conn.status.as_ref().and_then(|s| s.observed_generation) != conn.metadata.generation;
+    let recheck = if spec_changed {
+        Duration::ZERO
+    } else {
+        ctx.settings.bootstrap_recheck
     };
     if let Err(bad) = template_check(conn, ctx).await {
         return Ok(Err(bad.with_state(&stored.state, &r.policy)));
@@ -120,13 +130,19 @@ async fn load(
         let ns = conn.namespace().unwrap_or_default();
         match ctx
             .caches
-            .secret_key(&handle.api, &ns, &bref.name, &bref.key)
+            .secret_key(&handle.api, &ns, &bref.name, &bref.key, recheck)
             .await
         {
             Ok(token) => {
                 let d = digest(token.expose_secret());
                 if stored.state.bootstrap_digest.as_deref() != Some(d.as_str()) {
-                    stored = import(conn, ctx, r, handle, stored, token, d).await?;
+                    let unsaved;
+                    (stored, unsaved) =
+                        import(conn, ctx, r, handle, stored, token, d, recheck).await?;
+                    if unsaved {
+                        revive_if_inputs_changed(&mut stored, r);
+                        return Ok(Ok((stored, true)));
+                    }
                 }
             }
             Err(RefError::Api { source, .. }) => return Err(source.into()),
@@ -140,6 +156,11 @@ async fn load(
             Err(_) => {}
         }
     }
+    revive_if_inputs_changed(&mut stored, r);
+    Ok(Ok((stored, false)))
+}
+
+fn revive_if_inputs_changed(stored: &mut Stored, r: &Resolved) {
     if stored
         .state
         .dead
@@ -148,12 +169,14 @@ async fn load(
     {
         stored.state.dead = None;
     }
-    Ok(Ok(stored))
 }
 
 /// Imports a new bootstrap refresh token, with the access token and expiry that may sit
 /// next to it in the same Secret (`access_token`, `expires_at`): a usable one is published
-/// at once by the restore that follows, an unusable one is ignored with an Event.
+/// at once by the restore that follows, an unusable one is ignored with an Event. A new
+/// connection's plain import is not written (true): its claim write stores it, and its one
+/// Event is the first published token's.
+#[allow(clippy::too_many_arguments)]
 async fn import(
     conn: &ExactConnection,
     ctx: &Context,
@@ -162,12 +185,13 @@ async fn import(
     stored: Stored,
     token: secrecy::SecretString,
     token_digest: String,
-) -> Result<Stored, Error> {
+    recheck: Duration,
+) -> Result<(Stored, bool), Error> {
     let Some(bref) = &conn.spec.refresh_token_secret_ref else {
-        return Ok(stored);
+        return Ok((stored, false));
     };
     let ns = conn.namespace().unwrap_or_default();
-    let read = |key| optional_key(ctx, handle, &ns, &bref.name, key);
+    let read = |key| optional_key(ctx, handle, &ns, &bref.name, key, recheck);
     let access = chain::BootstrapAccess {
         access_token: read("access_token").await?,
         expires_at: read("expires_at").await?,
@@ -182,6 +206,13 @@ async fn import(
         &r.policy,
         Timestamp::now(),
     );
+    if stored.version.is_none() && !with_access {
+        let stored = Stored {
+            state: st,
+            version: None,
+        };
+        return Ok((stored, true));
+    }
     let rv = handle.write(&st, stored.version.as_deref()).await?;
     import_events(ctx, conn, &bref.name, ignored.as_ref(), with_access).await;
     if with_access && ignored.is_none() && conn.spec.division.is_none() {
@@ -189,15 +220,17 @@ async fn import(
         // is a REST call, not a token call; it stores its answer, hence the re-read.
         identify(ctx, conn, r, handle, &mut st, rv, false).await;
         let reloaded = load_state(&handle.api, &handle.name).await?;
-        return Ok(Stored {
+        let stored = Stored {
             state: reloaded.state,
             version: reloaded.resource_version,
-        });
+        };
+        return Ok((stored, false));
     }
-    Ok(Stored {
+    let stored = Stored {
         state: st,
         version: Some(rv),
-    })
+    };
+    Ok((stored, false))
 }
 
 /// Tells what an import took from the bootstrap Secret (never a value).
@@ -228,10 +261,11 @@ async fn optional_key(
     namespace: &str,
     name: &str,
     key: &str,
+    recheck: Duration,
 ) -> Result<Option<secrecy::SecretString>, kube::Error> {
     match ctx
         .caches
-        .secret_key(&handle.api, namespace, name, key)
+        .secret_key(&handle.api, namespace, name, key, recheck)
         .await
     {
         Ok(v) => Ok(Some(v)),
@@ -343,7 +377,14 @@ async fn report(
                 let note = "token refresh works again".to_string();
                 event(ctx, conn, EventType::Normal, "Recovered", note).await;
             } else if first {
-                let note = "first access token published".to_string();
+                // The one Event of a new connection (its bootstrap import has none).
+                let note = match &conn.spec.refresh_token_secret_ref {
+                    Some(b) => format!(
+                        "first access token published (refresh token imported from Secret {})",
+                        b.name
+                    ),
+                    None => "first access token published".to_string(),
+                };
                 event(ctx, conn, EventType::Normal, "Authorized", note).await;
             }
         }

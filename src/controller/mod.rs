@@ -3,15 +3,15 @@
 
 pub mod client;
 pub mod connection;
+pub mod referenced;
 pub mod status;
 
 use crate::context::Context;
 use crate::crd::{ExactConnection, ExactOAuthClient};
 use crate::secrets::{MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL};
-use futures::{future, StreamExt};
+use futures::{future, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
@@ -55,37 +55,24 @@ pub fn client_key(conn: &ExactConnection) -> (String, String) {
     (ns, conn.spec.client_ref.name.clone())
 }
 
-/// Connections that a change to `secret` affects: via their bootstrap Secret or their
-/// client's client Secret.
+/// Connections that a change to a referenced `secret` affects: via their client's client
+/// Secret (webhook Secrets reach the webhook controller through the same cache).
 fn connections_for_secret(
-    secret: &PartialObjectMeta<Secret>,
+    secret: &Secret,
     conns: &Store<ExactConnection>,
     clients: &Store<ExactOAuthClient>,
 ) -> Vec<ObjectRef<ExactConnection>> {
-    let labels = secret.metadata.labels.as_ref();
-    if labels
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGED_BY)
-    {
-        return vec![];
-    }
     let ns = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     conns
         .state()
         .into_iter()
         .filter(|c| {
-            let boot = c.namespace().as_deref() == Some(ns.as_str())
-                && c.spec
-                    .refresh_token_secret_ref
-                    .as_ref()
-                    .is_some_and(|r| r.name == name);
             let (cns, cname) = client_key(c);
-            let via_client = cns == ns
+            cns == ns
                 && clients
                     .get(&ObjectRef::new(&cname).within(&cns))
-                    .is_some_and(|cl| cl.spec.client_secret_ref.name == name);
-            boot || via_client
+                    .is_some_and(|cl| cl.spec.client_secret_ref.name == name)
         })
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
@@ -130,8 +117,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 }
 
 /// The connection controller, fed by its own watch (spec and annotation changes), its
-/// workload Secrets (`owns`), its clients and the Secrets they reference; it fills the
-/// watch-backed caches the reconcile reads.
+/// managed Secrets (by label: an edited or deleted workload Secret is restored at once), its
+/// clients and the Secrets they reference (each watched by name); it fills the watch-backed
+/// caches the reconcile reads. No watch covers Secrets the operator does not manage or use.
 async fn run_connections(
     ctx: Arc<Context>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
@@ -141,17 +129,19 @@ async fn run_connections(
     let scope = ctx.settings.watch_namespace.clone();
     let conns: Api<ExactConnection> = scoped(&client, scope.as_deref());
     let clients: Api<ExactOAuthClient> = scoped(&client, scope.as_deref());
-    let secret_metas: Api<PartialObjectMeta<Secret>> = scoped(&client, scope.as_deref());
     let (client_store, client_writer) = reflector::store::<ExactOAuthClient>();
+    let (referenced, referenced_changes) = referenced::ReferencedSecrets::new(ctx.clone());
+    let synced_clients = client_store.clone();
     let client_stream = watcher(clients, wc.clone())
         .default_backoff()
         .modify(strip_managed_fields)
         .reflect(client_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect(move |_| referenced.sync(&synced_clients));
     // Connections trigger on spec (generation) and annotation changes only: status writes,
     // most of them our own, need no reconcile.
     let (conn_store, conn_writer) = reflector::store::<ExactConnection>();
-    let conn_stream = watcher(conns, wc.clone())
+    let conn_stream = watcher(conns, wc)
         .default_backoff()
         .modify(strip_managed_fields)
         .reflect(conn_writer)
@@ -160,13 +150,15 @@ async fn run_connections(
             predicates::generation.combine(predicates::annotations),
             Default::default(),
         );
-    let (meta_store, meta_writer) = reflector::store::<PartialObjectMeta<Secret>>();
-    let secret_meta = watcher(secret_metas, wc)
+    let (managed_store, managed_writer) = reflector::store::<Secret>();
+    let echo = ctx.clone();
+    let workload_changes = watcher(scoped::<Secret>(&client, scope.as_deref()), managed())
         .default_backoff()
         .modify(strip_managed_fields)
-        .reflect(meta_writer)
-        .touched_objects();
-    ctx.caches.install(client_store.clone(), meta_store);
+        .reflect(managed_writer)
+        .touched_objects()
+        .try_filter(move |s| future::ready(is_workload_secret(s) && !echo.caches.is_own_write(s)));
+    ctx.caches.install(client_store.clone(), managed_store);
     // Another connection's finding (e.g. the same Exact user) reconciles this one.
     let (peer_tx, peer_rx) = futures::channel::mpsc::unbounded();
     ctx.caches.install_connections(conn_store.clone(), peer_tx);
@@ -174,14 +166,11 @@ async fn run_connections(
     let by_secret = (conn_store.clone(), client_store);
     Controller::for_stream(conn_stream, conn_store)
         .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
-        .owns(
-            scoped::<Secret>(&client, scope.as_deref()),
-            workload_secrets(),
-        )
+        .owns_stream(workload_changes)
         .watches_stream(client_stream, move |c: ExactOAuthClient| {
             connections_of_client(&by_client, &c)
         })
-        .watches_stream(secret_meta, move |s| {
+        .watches_stream(referenced_changes, move |s| {
             connections_for_secret(&s, &by_secret.0, &by_secret.1)
         })
         .reconcile_on(peer_rx)
@@ -191,14 +180,20 @@ async fn run_connections(
         .await;
 }
 
-/// Workload Secrets only: an edit or deletion is restored at once. State Secrets are
-/// written only by the operator itself.
-fn workload_secrets() -> watcher::Config {
+/// The Secrets the operator manages (state and workload Secrets), by label.
+fn managed() -> watcher::Config {
     watcher::Config::default()
-        .labels(&format!(
-            "{MANAGED_BY_LABEL}={MANAGED_BY},{ROLE_LABEL}=token"
-        ))
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
         .any_semantic()
+}
+
+/// Workload Secrets trigger their connection (an edit or deletion is restored at once);
+/// state Secrets are written only by the operator itself and trigger nothing.
+fn is_workload_secret(secret: &Secret) -> bool {
+    secret
+        .labels()
+        .get(ROLE_LABEL)
+        .is_some_and(|role| role == "token")
 }
 
 fn connections_of_client(

@@ -104,7 +104,13 @@ pub async fn link(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &client_ns);
     let webhook_secret = match ctx
         .caches
-        .secret_key(&secrets, &client_ns, &r.name, &r.key)
+        .secret_key(
+            &secrets,
+            &client_ns,
+            &r.name,
+            &r.key,
+            std::time::Duration::ZERO,
+        )
         .await
     {
         Ok(s) => s,

@@ -150,6 +150,7 @@ fn context(
         watch_namespace: Some(namespace.to_string()),
         max_errors_per_hour: 50,
         recheck_interval: Duration::from_secs(2),
+        bootstrap_recheck: Duration::from_secs(2),
         public_url,
         oauth_state_ttl: state_ttl,
         ..Settings::default()

@@ -98,7 +98,11 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    for file in ["crds/exactoauthclients.yaml", "crds/exactconnections.yaml"] {
+    for file in [
+        "crds/exactoauthclients.yaml",
+        "crds/exactconnections.yaml",
+        "crds/exactwebhooksubscriptions.yaml",
+    ] {
         let yaml = std::fs::read_to_string(repo_path(file))?;
         for doc in serde_yaml::Deserializer::from_str(&yaml) {
             let value = serde_yaml::Value::deserialize(doc)?;

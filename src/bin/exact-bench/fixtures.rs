@@ -96,6 +96,34 @@ impl Fixture {
         Ok(())
     }
 
+    /// `count` Secrets nobody references, in the bench namespace (the operator watches it):
+    /// other people's Secrets, ~1 KiB each like a small certificate or config.
+    pub async fn foreign_secrets(&self, count: usize) -> anyhow::Result<()> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let filler = "x".repeat(1024);
+        stream::iter(names("foreign-", count))
+            .map(|name| {
+                let secrets = secrets.clone();
+                let body = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name),
+                        labels: Some([("app".to_string(), "someone-else".to_string())].into()),
+                        ..Default::default()
+                    },
+                    string_data: Some([("config".to_string(), filler.clone())].into()),
+                    ..Default::default()
+                };
+                async move {
+                    secrets.create(&Default::default(), &body).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     /// Applies the connections; returns when each apply was sent, by name.
     pub async fn connections(&self, names: &[String]) -> anyhow::Result<Vec<(String, Instant)>> {
         let api: Api<ExactConnection> = Api::namespaced(self.client.clone(), &self.namespace);

@@ -93,6 +93,14 @@ struct Args {
     /// Keep the work folder (logs).
     #[arg(long)]
     keep: bool,
+    /// Unrelated Secrets created in the namespace before the run (other people's Secrets:
+    /// the operator's memory must not grow with them).
+    #[arg(long, default_value_t = 0)]
+    foreign_secrets: usize,
+    /// Restart the operator this far into the steady phase (which then ends there) and
+    /// measure what the restart costs: token calls, writes, time to resync.
+    #[arg(long, value_parser = parse_duration)]
+    restart_at: Option<Duration>,
 }
 
 /// Progress on stderr.
@@ -143,6 +151,8 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
             cpus,
             mem_gib,
             revision: revision(),
+            foreign_secrets: args.foreign_secrets,
+            restart_at_s: args.restart_at.map(|d| d.as_secs_f64()),
         },
         ..Default::default()
     };
@@ -185,6 +195,10 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
         args.connections
     ));
     fx.base(&sim, args.token_lifetime, window).await?;
+    if args.foreign_secrets > 0 {
+        log(format!("creating {} foreign Secrets", args.foreign_secrets));
+        fx.foreign_secrets(args.foreign_secrets).await?;
+    }
     let names = fixtures::names("c", args.connections);
     let t = Instant::now();
     fx.bootstrap(&sim, &names).await?;
@@ -263,15 +277,46 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
             window,
             refresh_before,
         };
-        let steady = phases::steady(&probes, &sim, &names, timing, args.duration, &rss);
+        let length = args
+            .restart_at
+            .map_or(args.duration, |at| at.min(args.duration));
+        let steady = phases::steady(&probes, &sim, &names, timing, length, &rss);
         report.steady = Some(steady.await?);
     }
+    if let (Some(_), Some(steady)) = (args.restart_at, &report.steady) {
+        let input = phases::RestartInput {
+            names: &names,
+            calls_per_second: steady.token_calls as f64 / steady.phase.seconds.max(1.0),
+            writes_per_refresh: steady.phase.writes_per_unit,
+            timeout: args.cold_start_timeout,
+        };
+        let spawn = || {
+            spawn_operator(
+                &operator_bin,
+                &plane.kubeconfig,
+                &namespace,
+                &args.log_level,
+                &work.join("operator-restarted.log"),
+            )
+        };
+        report.rss_peak_mib = status_kib(operator.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
+        let restarted = phases::restart(&mut operator, spawn, &client, &sim, input);
+        report.restart = Some(restarted.await?);
+    }
+    let probes = Probes {
+        operator: &operator,
+        apiserver: plane.pid("kube-apiserver"),
+        etcd: plane.pid("etcd"),
+        client: &client,
+    };
     if args.burst > 0 {
         let burst = phases::burst(&probes, &fx, &sim, args.burst, args.burst_timeout);
         report.burst = Some(burst.await?);
     }
 
-    report.rss_peak_mib = status_kib(operator.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
+    report.rss_peak_mib = report
+        .rss_peak_mib
+        .max(status_kib(operator.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0);
     operator.stop();
     drop(sim);
     drop(plane);

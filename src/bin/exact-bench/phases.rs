@@ -6,7 +6,7 @@ use crate::fixtures::{self, Fixture};
 use crate::log;
 use crate::operator_process::OperatorProcess;
 use crate::process::{cpu_seconds, RssSampler};
-use crate::report::{Burst, Phase, PhaseInput, Steady, SteadyInput};
+use crate::report::{Burst, Phase, PhaseInput, Restart, Steady, SteadyInput};
 use crate::sim::{SimHandle, Stats};
 use crate::watch::FirstSeen;
 use anyhow::bail;
@@ -191,4 +191,91 @@ pub async fn burst(
         )
         .await?;
     Ok(Burst::new(phase, count, apply, latencies))
+}
+
+/// What the restart phase needs besides the probes.
+pub struct RestartInput<'a> {
+    /// The existing connections.
+    pub names: &'a [String],
+    /// Token calls per second in the steady phase before.
+    pub calls_per_second: f64,
+    /// API writes per refresh in the steady phase before.
+    pub writes_per_refresh: f64,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+/// Stops `operator` (SIGTERM, as a rollout does) and starts a new one with `spawn`; measures
+/// from the SIGTERM until the new process has reconciled every connection once (each
+/// reconcile schedules that connection's next refresh) plus 2 s. The new process replaces
+/// `operator`.
+pub async fn restart(
+    operator: &mut OperatorProcess,
+    spawn: impl FnOnce() -> anyhow::Result<OperatorProcess>,
+    client: &kube::Client,
+    sim: &SimHandle,
+    input: RestartInput<'_>,
+) -> anyhow::Result<Restart> {
+    let n = input.names.len() as f64;
+    let before = sim.stats().await?;
+    let requests = cluster::scrape(client).await?;
+    let t0 = Instant::now();
+    log("restart: stopping the operator");
+    let (_, stopped) = operator
+        .sigterm(Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    *operator = spawn()?;
+    let started = Instant::now();
+    loop {
+        let done = operator.metric("exact_operator_reconciles_total").await;
+        if done.is_some_and(|d| d >= n) {
+            break;
+        }
+        if !operator.alive() {
+            bail!("the restarted operator exited");
+        }
+        if started.elapsed() > input.timeout {
+            bail!(
+                "restart: not resynced after {:?} ({done:?} reconciles)",
+                input.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resync = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sim.stats().await?;
+    let end = cluster::scrape(client).await?;
+    let window = t0.elapsed();
+    let phase = Phase::new(PhaseInput {
+        elapsed: window,
+        units: n,
+        requests: &cluster::diff(&requests, &end),
+        cpu_s: cpu_seconds(operator.pid()).unwrap_or(0.0),
+        apiserver_cpu_s: None,
+        etcd_cpu_s: None,
+        reconciles: operator.metric("exact_operator_reconciles_total").await,
+    });
+    let scheduled_calls = input.calls_per_second * window.as_secs_f64();
+    let restart = Restart {
+        stop_seconds: stopped.as_secs_f64(),
+        resync_seconds: resync.as_secs_f64(),
+        token_calls: after.totals.token_calls - before.totals.token_calls,
+        scheduled_calls,
+        unscheduled_calls: (after.totals.too_early - before.totals.too_early)
+            + (after.totals.old_refresh_token_used - before.totals.old_refresh_token_used),
+        writes: phase.writes_per_unit * n,
+        scheduled_writes: scheduled_calls * input.writes_per_refresh,
+        rss_mib: crate::process::status_kib(operator.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0,
+        phase,
+    };
+    log(format!(
+        "restart: resynced {:.1} s after the start; {} token calls, {:.0} writes in {:.1} s",
+        restart.resync_seconds,
+        restart.token_calls,
+        restart.writes,
+        window.as_secs_f64()
+    ));
+    Ok(restart)
 }

@@ -25,6 +25,33 @@ pub struct Report {
     pub burst: Option<Burst>,
     /// Peak resident memory of the operator (VmHWM).
     pub rss_peak_mib: f64,
+    /// A restart of the operator over healthy connections (`--restart-at`).
+    pub restart: Option<Restart>,
+}
+
+/// What a restart over healthy connections cost: from SIGTERM of the old process until the
+/// new one has reconciled (scheduled the next refresh of) every connection.
+#[derive(Debug, Default, Serialize)]
+pub struct Restart {
+    /// API requests in the window, per connection.
+    pub phase: Phase,
+    /// SIGTERM -> old process gone (s).
+    pub stop_seconds: f64,
+    /// New process start -> every connection reconciled once (s).
+    pub resync_seconds: f64,
+    /// Token calls in the window.
+    pub token_calls: u64,
+    /// Token calls the schedule alone explains in a window that long (steady rate).
+    pub scheduled_calls: f64,
+    /// Calls in the window that were not due: too-early refusals plus reuses of an old
+    /// refresh token (a call the schedule explains is neither).
+    pub unscheduled_calls: u64,
+    /// API writes in the window.
+    pub writes: f64,
+    /// Writes the scheduled calls explain (steady writes per refresh).
+    pub scheduled_writes: f64,
+    /// RSS of the new process once resynced (MiB).
+    pub rss_mib: f64,
 }
 
 /// Run parameters.
@@ -48,6 +75,10 @@ pub struct Params {
     pub mem_gib: f64,
     /// `git describe --always --dirty` of the tree the bench was built from.
     pub revision: String,
+    /// Unrelated Secrets created in the namespace before the run.
+    pub foreign_secrets: usize,
+    /// Restart of the operator this far into the steady phase (s), if any.
+    pub restart_at_s: Option<f64>,
 }
 
 /// API and CPU use of one phase.
@@ -318,6 +349,37 @@ impl Burst {
     }
 }
 
+fn restart_rows(row: &mut impl FnMut(String, String), x: &Restart) {
+    row(
+        "restart: SIGTERM -> old process gone".into(),
+        format!("{:.1} s", x.stop_seconds),
+    );
+    row(
+        "**restart: new process -> every connection's next refresh scheduled**".into(),
+        format!("**{:.1} s**", x.resync_seconds),
+    );
+    row(
+        "**restart: token calls in the window (the schedule alone: ~n)**".into(),
+        format!("**{} (~{:.0})**", x.token_calls, x.scheduled_calls),
+    );
+    row(
+        "**restart: calls in the window that were not due (too early + old token)**".into(),
+        format!("**{}**", x.unscheduled_calls),
+    );
+    row(
+        "**restart: API writes in the window (the schedule alone: ~n)**".into(),
+        format!("**{:.0} (~{:.0})**", x.writes, x.scheduled_writes),
+    );
+    row(
+        "restart: API reads (GET+LIST) per connection".into(),
+        format!("{:.3}", x.phase.reads_per_unit),
+    );
+    row(
+        "restart: RSS of the new process once resynced".into(),
+        format!("{:.1} MiB", x.rss_mib),
+    );
+}
+
 fn pct(part: usize, whole: usize) -> f64 {
     if whole == 0 {
         0.0
@@ -464,6 +526,9 @@ impl Report {
                 format!("{:.0} / {:.0}", b.phase.conflicts, b.phase.overload_errors),
             );
         }
+        if let Some(x) = &self.restart {
+            restart_rows(&mut row, x);
+        }
         r
     }
 
@@ -472,7 +537,7 @@ impl Report {
         let p = &self.params;
         let mut s = format!(
             "## exact-bench: {} connections, {} s tokens, {} s window, refreshBefore {:.2} s, \
-             {} s steady, burst {}\n\nMachine: {} CPUs, {:.0} GiB; kube-apiserver, etcd, \
+             {} s steady, burst {}, {} foreign Secrets{}\n\nMachine: {} CPUs, {:.0} GiB; kube-apiserver, etcd, \
              exact-sim and the operator share them; tree {}.\n\n| figure | value |\n| --- | --- |\n",
             p.connections,
             p.token_lifetime_s,
@@ -480,6 +545,10 @@ impl Report {
             p.refresh_before_s,
             p.duration_s,
             p.burst,
+            p.foreign_secrets,
+            p.restart_at_s
+                .map(|s| format!(", restart at {s:.0} s"))
+                .unwrap_or_default(),
             p.cpus,
             p.mem_gib,
             p.revision
@@ -496,6 +565,10 @@ impl Report {
             (
                 "burst, per new connection",
                 self.burst.as_ref().map(|b| &b.phase),
+            ),
+            (
+                "restart window, per connection",
+                self.restart.as_ref().map(|x| &x.phase),
             ),
         ];
         for (title, phase) in phases {
