@@ -356,6 +356,20 @@ async fn the_daily_budget_is_counted_and_holds_retries_back_near_the_cap() {
         &[("refresh-token", &second)],
     )
     .await;
+    // Bootstrap Secrets are not watched: `kubectl exact refresh` has the new value read now.
+    let conns: kube::Api<exact_operator::crd::ExactConnection> =
+        kube::Api::namespaced(admin.clone(), &ns);
+    let annotation = serde_json::json!({"metadata": {"annotations": {
+        exact_operator::crd::REFRESH_REQUEST_ANNOTATION: jiff::Timestamp::now().to_string()
+    }}});
+    conns
+        .patch(
+            "budget",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&annotation),
+        )
+        .await
+        .expect("annotate");
     let (_, _, message) = support::wait_for(Duration::from_secs(30), || async {
         ready_of(&admin, &ns, "budget")
             .await

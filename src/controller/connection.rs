@@ -115,10 +115,7 @@ async fn load(
     handle: &StateHandle,
 ) -> Result<Result<(Stored, bool), Outcome>, Error> {
     let mut stored = handle.load_cached(&ctx.caches).await?;
-    // A spec not yet reconciled (e.g. a new bootstrap ref) reads its bootstrap Secret afresh.
-    let spec_changed =
-        conn.status.as_ref().and_then(|s| s.observed_generation) != conn.metadata.generation;
-    let recheck = if spec_changed {
+    let recheck = if bootstrap_read_afresh(conn, &stored) {
         Duration::ZERO
     } else {
         ctx.settings.bootstrap_recheck
@@ -158,6 +155,22 @@ async fn load(
     }
     revive_if_inputs_changed(&mut stored, r);
     Ok(Ok((stored, false)))
+}
+
+/// Bootstrap Secrets are not watched (they carry no label of ours), so their value is
+/// reused for `--bootstrap-recheck-seconds`; it is read afresh when that reuse could hide a
+/// new value someone is waiting for: a spec not yet reconciled (e.g. a new bootstrap ref), a
+/// `kubectl exact refresh` not yet handled, or a chain that is dead or has no token yet (a
+/// new bootstrap value is then the way out, and such connections are few).
+fn bootstrap_read_afresh(conn: &ExactConnection, stored: &Stored) -> bool {
+    let status = conn.status.as_ref();
+    let spec_changed = status.and_then(|s| s.observed_generation) != conn.metadata.generation;
+    let requested = conn
+        .annotations()
+        .get(crate::crd::REFRESH_REQUEST_ANNOTATION)
+        .is_some_and(|r| status.and_then(|s| s.handled_refresh_request.as_ref()) != Some(r));
+    let stuck = stored.state.dead.is_some() || stored.state.refresh_token.is_none();
+    spec_changed || requested || stuck
 }
 
 fn revive_if_inputs_changed(stored: &mut Stored, r: &Resolved) {
