@@ -344,3 +344,14 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+/// (namespace, name) of the ExactOAuthClient a connection uses.
+pub fn client_key(conn: &ExactConnection) -> (String, String) {
+    let ns = conn
+        .spec
+        .client_ref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| conn.metadata.namespace.clone().unwrap_or_default());
+    (ns, conn.spec.client_ref.name.clone())
+}

@@ -3,7 +3,7 @@
 
 use crate::conditions::{find_ready, reason};
 use crate::context::Context;
-use crate::controller::client_key;
+use crate::crd::client_key;
 use crate::crd::{ExactConnection, ExactConnectionStatus};
 use crate::events::event;
 use crate::resolve::Resolved;

@@ -44,16 +44,7 @@ fn error_policy<K>(_obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
-/// (namespace, name) of the ExactOAuthClient a connection uses.
-pub fn client_key(conn: &ExactConnection) -> (String, String) {
-    let ns = conn
-        .spec
-        .client_ref
-        .namespace
-        .clone()
-        .unwrap_or_else(|| conn.namespace().unwrap_or_default());
-    (ns, conn.spec.client_ref.name.clone())
-}
+pub use crate::crd::client_key;
 
 /// Connections that a change to a referenced `secret` affects: via their client's client
 /// Secret (webhook Secrets reach the webhook controller through the same cache).
