@@ -85,6 +85,11 @@ pub(super) async fn handle(State(s): State<OAuthState>, RawQuery(raw): RawQuery)
             Some(code) => exchange(&s, &conn, &claims, SecretString::from(code)).await,
         }
     };
+    // The connection's status and workload Secret follow from the stored state at once: the
+    // state Secret triggers no reconcile by itself, and our own publish is filtered out.
+    s.ctx
+        .caches
+        .reconcile_soon(kube::runtime::reflector::ObjectRef::from_obj(&conn));
     match result {
         Ok(()) => {
             let note = "authorized through the operator's OAuth flow".to_string();
