@@ -35,6 +35,17 @@ pub struct Caches {
     own_writes: Mutex<HashMap<SecretId, String>>,
     /// States this process wrote, until the managed-Secret watch shows them.
     pub written: Arc<WrittenStates>,
+    /// Set while the controllers stop: nothing may wait for a watch any more.
+    stopping: StopFlag,
+}
+
+/// A flag that waiters can watch (tokio's watch channel, sender kept here).
+struct StopFlag(tokio::sync::watch::Sender<bool>);
+
+impl Default for StopFlag {
+    fn default() -> Self {
+        StopFlag(tokio::sync::watch::channel(false).0)
+    }
 }
 
 /// What connections learn about each other: the watched connections (for same-user
@@ -106,6 +117,29 @@ impl Caches {
         if let Ok(mut s) = self.managed.write() {
             *s = Some(managed);
         }
+    }
+
+    /// Waits (at most `limit`, and not once the controllers stop) until the managed-Secret
+    /// watch has listed, so the first reconciles after a start read their state and workload
+    /// Secrets from it instead of a GET each. Returns at once when it has listed.
+    pub async fn wait_for_managed(&self, limit: Duration) {
+        let Some(store) = self.managed.read().ok().and_then(|s| s.clone()) else {
+            return;
+        };
+        if ready(&store) {
+            return;
+        }
+        let mut stopping = self.stopping.0.subscribe();
+        tokio::select! {
+            _ = store.wait_until_ready() => {}
+            _ = stopping.wait_for(|s| *s) => {}
+            _ = tokio::time::sleep(limit) => {}
+        }
+    }
+
+    /// The controllers start (`true`: they stop; waiters give up).
+    pub fn set_stopping(&self, stopping: bool) {
+        self.stopping.0.send_replace(stopping);
     }
 
     /// A client from the watch cache, if it has it.

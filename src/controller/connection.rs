@@ -28,6 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Reconciles one connection.
+/// How long a reconcile after a start waits for the managed-Secret watch's first list
+/// before it reads from the API server instead.
+const MANAGED_LIST_WAIT: Duration = Duration::from_secs(10);
+
 pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
@@ -46,6 +50,9 @@ pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<
 }
 
 async fn run(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
+    // Right after a start: the state and workload Secrets come from the managed watch once
+    // it has listed (one LIST for all instead of two GETs per connection).
+    ctx.caches.wait_for_managed(MANAGED_LIST_WAIT).await;
     let r = match dereference(conn, ctx).await? {
         Ok(r) => r,
         Err(Blocked { reason, message }) => return Ok(Outcome::not_ready(reason, message)),

@@ -92,8 +92,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    ctx.caches.set_stopping(false);
+    let stopping = ctx.clone();
     tokio::spawn(async move {
         shutdown.await;
+        stopping.caches.set_stopping(true);
         let _ = tx.send(true);
     });
     let scope = ctx.settings.watch_namespace.clone();

@@ -27,7 +27,7 @@ use cluster::ControlPlane;
 use exact_operator::duration::parse_duration;
 use fixtures::Fixture;
 use phases::{Mark, Probes};
-use process::{cpu_seconds, spawn_operator, status_kib, RssSampler};
+use process::{cpu_seconds, spawn_operator, status_kib, OperatorSettings, RssSampler};
 use report::{Params, Report};
 use sim::SimHandle;
 use std::path::PathBuf;
@@ -101,6 +101,14 @@ struct Args {
     /// measure what the restart costs: token calls, writes, time to resync.
     #[arg(long, value_parser = parse_duration)]
     restart_at: Option<Duration>,
+    /// Operator processes (replicas) to run side by side, e.g. with
+    /// `--operator-arg=--shards=8`; figures are summed, the steady phase adds each replica's
+    /// share of the refreshes.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// An extra argument for every operator process (repeatable).
+    #[arg(long = "operator-arg", allow_hyphen_values = true)]
+    operator_args: Vec<String>,
 }
 
 /// Progress on stderr.
@@ -139,6 +147,9 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
     if refresh_before > window || window >= args.token_lifetime {
         bail!("need refreshBefore <= window < token lifetime");
     }
+    if args.replicas == 0 || (args.replicas > 1 && args.restart_at.is_some()) {
+        bail!("--replicas must be at least 1, and --restart-at needs --replicas 1");
+    }
     let (cpus, mem_gib) = machine();
     let mut report = Report {
         params: Params {
@@ -153,6 +164,8 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
             revision: revision(),
             foreign_secrets: args.foreign_secrets,
             restart_at_s: args.restart_at.map(|d| d.as_secs_f64()),
+            replicas: args.replicas,
+            operator_args: args.operator_args.clone(),
         },
         ..Default::default()
     };
@@ -208,31 +221,44 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
     // Cold start.
     let ready = FirstSeen::ready_connections(&client, &namespace);
     ready.synced().await;
-    let log_file = work.join("operator.log");
+    let log_file = |i: usize| match i {
+        0 => work.join("operator.log"),
+        i => work.join(format!("operator-{i}.log")),
+    };
     log(format!(
-        "starting {} (log: {})",
+        "starting {} x{} (log: {})",
         operator_bin.display(),
-        log_file.display()
+        args.replicas,
+        log_file(0).display()
     ));
     let pre_requests = cluster::scrape(&client).await?;
     let started = Instant::now();
-    let mut operator = spawn_operator(
-        &operator_bin,
-        &plane.kubeconfig,
-        &namespace,
-        &args.log_level,
-        &log_file,
-    )?;
-    let rss = RssSampler::start(operator.pid());
+    let mut operators = (0..args.replicas)
+        .map(|i| {
+            spawn_operator(
+                &operator_bin,
+                &plane.kubeconfig,
+                &namespace,
+                &OperatorSettings {
+                    pod: &format!("bench-operator-{i}"),
+                    log_level: &args.log_level,
+                    extra_args: &args.operator_args,
+                },
+                &log_file(i),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rss: Vec<RssSampler> = operators.iter().map(|o| RssSampler::start(o.pid())).collect();
     let probes_start = Mark {
         at: started,
         requests: pre_requests,
-        cpu: 0.0,
+        cpu: vec![0.0; operators.len()],
         apiserver: plane.pid("kube-apiserver").and_then(cpu_seconds),
         etcd: plane.pid("etcd").and_then(cpu_seconds),
         reconciles: Some(0.0),
+        granted: vec![0.0; operators.len()],
     };
-    phases::wait_all(&ready, &names, args.cold_start_timeout, &operator)
+    phases::wait_all(&ready, &names, args.cold_start_timeout, &operators)
         .await
         .context("cold start")?;
     let last_ready = names
@@ -243,12 +269,12 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
     ready.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let probes = Probes {
-        operator: &operator,
+        operators: &operators,
         apiserver: plane.pid("kube-apiserver"),
         etcd: plane.pid("etcd"),
         client: &client,
     };
-    if operator
+    if operators[0]
         .metric("exact_operator_reconciles_total")
         .await
         .is_none()
@@ -295,16 +321,20 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
                 &operator_bin,
                 &plane.kubeconfig,
                 &namespace,
-                &args.log_level,
+                &OperatorSettings {
+                    pod: "bench-operator-0",
+                    log_level: &args.log_level,
+                    extra_args: &args.operator_args,
+                },
                 &work.join("operator-restarted.log"),
             )
         };
-        report.rss_peak_mib = status_kib(operator.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
-        let restarted = phases::restart(&mut operator, spawn, &client, &sim, input);
+        report.rss_peak_mib = peak_mib(&operators);
+        let restarted = phases::restart(&mut operators[0], spawn, &client, &sim, input);
         report.restart = Some(restarted.await?);
     }
     let probes = Probes {
-        operator: &operator,
+        operators: &operators,
         apiserver: plane.pid("kube-apiserver"),
         etcd: plane.pid("etcd"),
         client: &client,
@@ -314,13 +344,21 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
         report.burst = Some(burst.await?);
     }
 
-    report.rss_peak_mib = report
-        .rss_peak_mib
-        .max(status_kib(operator.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0);
-    operator.stop();
+    report.rss_peak_mib = report.rss_peak_mib.max(peak_mib(&operators));
+    for operator in &mut operators {
+        operator.stop();
+    }
     drop(sim);
     drop(plane);
     Ok(report)
+}
+
+/// The largest peak resident memory (VmHWM) of the operator processes.
+fn peak_mib(operators: &[operator_process::OperatorProcess]) -> f64 {
+    operators
+        .iter()
+        .map(|o| status_kib(o.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0)
+        .fold(0.0, f64::max)
 }
 
 #[tokio::main]

@@ -12,9 +12,10 @@ use crate::watch::FirstSeen;
 use anyhow::bail;
 use std::time::{Duration, Instant};
 
-/// Processes whose CPU the bench reads, and the operator's metrics.
+/// Processes whose CPU the bench reads, and the operators' metrics.
 pub struct Probes<'a> {
-    pub operator: &'a OperatorProcess,
+    /// The operator processes (replicas).
+    pub operators: &'a [OperatorProcess],
     pub apiserver: Option<u32>,
     pub etcd: Option<u32>,
     pub client: &'a kube::Client,
@@ -24,23 +25,39 @@ pub struct Probes<'a> {
 pub struct Mark {
     pub at: Instant,
     pub requests: Requests,
-    pub cpu: f64,
+    /// CPU seconds per operator process.
+    pub cpu: Vec<f64>,
     pub apiserver: Option<f64>,
     pub etcd: Option<f64>,
+    /// Reconciles, summed over the operators.
     pub reconciles: Option<f64>,
+    /// Granted token calls per operator process (its own counter).
+    pub granted: Vec<f64>,
 }
+
+/// The metric `exact_operator_token_calls_total{outcome="granted"}` of one operator.
+const GRANTED: &str = "exact_operator_token_calls_total{outcome=\"granted\"}";
 
 impl Probes<'_> {
     pub async fn mark(&self) -> anyhow::Result<Mark> {
+        let mut reconciles = Some(0.0);
+        let mut granted = Vec::with_capacity(self.operators.len());
+        for o in self.operators {
+            let r = o.metric("exact_operator_reconciles_total").await;
+            reconciles = reconciles.zip(r).map(|(a, b)| a + b);
+            granted.push(o.metric(GRANTED).await.unwrap_or(0.0));
+        }
         Ok(Mark {
             requests: cluster::scrape(self.client).await?,
-            cpu: cpu_seconds(self.operator.pid()).unwrap_or(0.0),
+            cpu: self
+                .operators
+                .iter()
+                .map(|o| cpu_seconds(o.pid()).unwrap_or(0.0))
+                .collect(),
             apiserver: self.apiserver.and_then(cpu_seconds),
             etcd: self.etcd.and_then(cpu_seconds),
-            reconciles: self
-                .operator
-                .metric("exact_operator_reconciles_total")
-                .await,
+            reconciles,
+            granted,
             at: Instant::now(),
         })
     }
@@ -57,7 +74,7 @@ impl Probes<'_> {
             elapsed: elapsed.unwrap_or(end.at - start.at),
             units,
             requests: &cluster::diff(&start.requests, &end.requests),
-            cpu_s: end.cpu - start.cpu,
+            cpu_s: end.cpu.iter().sum::<f64>() - start.cpu.iter().sum::<f64>(),
             apiserver_cpu_s: sub(start.apiserver, end.apiserver),
             etcd_cpu_s: sub(start.etcd, end.etcd),
             reconciles: sub(start.reconciles, end.reconciles),
@@ -70,7 +87,7 @@ pub async fn wait_all(
     seen: &FirstSeen,
     names: &[String],
     timeout: Duration,
-    operator: &OperatorProcess,
+    operators: &[OperatorProcess],
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_log = Instant::now();
@@ -79,8 +96,8 @@ pub async fn wait_all(
         if n == names.len() {
             return Ok(());
         }
-        if !operator.alive() {
-            bail!("the operator exited ({n}/{} done)", names.len());
+        if !operators.iter().all(OperatorProcess::alive) {
+            bail!("an operator exited ({n}/{} done)", names.len());
         }
         if Instant::now() > deadline {
             bail!("timed out: {n}/{} done after {timeout:?}", names.len());
@@ -112,11 +129,13 @@ pub async fn steady(
     names: &[String],
     timing: Timing,
     duration: Duration,
-    rss: &RssSampler,
+    rss: &[RssSampler],
 ) -> anyhow::Result<Steady> {
     let before = sim.stats().await?;
     let start = probes.mark().await?;
-    rss.take();
+    for r in rss {
+        r.take();
+    }
     log(format!("steady phase: {duration:?}"));
     let end = Instant::now() + duration;
     loop {
@@ -134,8 +153,12 @@ pub async fn steady(
         .iter()
         .map(|n| refreshes(&after, n) - refreshes(&before, n))
         .sum();
+    let end_mark = probes.mark().await?;
     let phase = probes.phase(&start, total as f64, None).await?;
-    let samples = rss.take();
+    let samples: Vec<Vec<u64>> = rss.iter().map(RssSampler::take).collect();
+    let per_replica = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        a.iter().zip(b).map(|(x, y)| y - x).collect()
+    };
     Ok(Steady::new(
         SteadyInput {
             names,
@@ -145,6 +168,8 @@ pub async fn steady(
             window: timing.window,
             lifetime: timing.lifetime,
             rss_kib: &samples,
+            granted: &per_replica(&start.granted, &end_mark.granted),
+            cpu_s: &per_replica(&start.cpu, &end_mark.cpu),
         },
         phase,
     ))
@@ -169,7 +194,7 @@ pub async fn burst(
     let apply = t.elapsed();
     let target = |n: &str| format!("{n}-exact-token");
     let targets: Vec<String> = burst.iter().map(|n| target(n)).collect();
-    if let Err(e) = wait_all(&secrets, &targets, timeout, probes.operator).await {
+    if let Err(e) = wait_all(&secrets, &targets, timeout, probes.operators).await {
         log(format!("burst incomplete: {e:#}"));
     }
     let latencies = sent

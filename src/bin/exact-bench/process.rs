@@ -35,17 +35,31 @@ pub fn sibling_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
 /// `log`; it stops gracefully (SIGTERM, then SIGKILL after 20 s) on drop. The process
 /// handling itself is the tests' (`tests/harness/process.rs`), so the bench measures the
 /// operator started the way the HA and chaos tests start it.
+/// How each operator process of the bench is started.
+pub struct OperatorSettings<'a> {
+    /// `POD_NAME` (replicas need distinct ones).
+    pub pod: &'a str,
+    /// `--log-level`.
+    pub log_level: &'a str,
+    /// Further arguments (`--operator-arg`).
+    pub extra_args: &'a [String],
+}
+
 pub fn spawn_operator(
     binary: &Path,
     kubeconfig: &Path,
     namespace: &str,
-    log_level: &str,
+    settings: &OperatorSettings<'_>,
     log: &Path,
 ) -> anyhow::Result<OperatorProcess> {
     let metrics = free_loopback_addr()?.to_string();
     OperatorCommand::new(binary, kubeconfig, namespace)
+        .pod(settings.pod)
         .metrics_addr(&metrics)
-        .args(["--log-level", log_level])
+        .args(["--log-level", settings.log_level])
+        // Leases (shards, leader) live beside everything else of the run.
+        .args(["--operator-namespace", namespace])
+        .args(settings.extra_args.iter().cloned())
         // --log-level decides, not whatever RUST_LOG the bench was started with.
         .env_remove("RUST_LOG")
         .log(log)

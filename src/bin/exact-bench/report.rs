@@ -79,6 +79,10 @@ pub struct Params {
     pub foreign_secrets: usize,
     /// Restart of the operator this far into the steady phase (s), if any.
     pub restart_at_s: Option<f64>,
+    /// Operator processes side by side.
+    pub replicas: usize,
+    /// Extra operator arguments.
+    pub operator_args: Vec<String>,
 }
 
 /// API and CPU use of one phase.
@@ -237,6 +241,22 @@ pub struct Steady {
     pub rss_max_mib: f64,
     /// Mean VmRSS in the phase (MiB).
     pub rss_mean_mib: f64,
+    /// Each operator process's part (with `--replicas` > 1).
+    pub replicas: Vec<ReplicaShare>,
+}
+
+/// One replica's part of the steady phase.
+#[derive(Debug, Default, Serialize)]
+pub struct ReplicaShare {
+    /// Token calls it made that Exact granted.
+    pub granted_calls: f64,
+    /// Its share of all granted calls (%).
+    pub share_pct: f64,
+    /// Its CPU per refresh it made (ms).
+    pub cpu_ms_per_refresh: f64,
+    /// Its VmRSS in the phase (MiB): mean, max.
+    pub rss_mean_mib: f64,
+    pub rss_max_mib: f64,
 }
 
 /// Inputs of the steady figures.
@@ -253,8 +273,12 @@ pub struct SteadyInput<'a> {
     pub window: Duration,
     /// Token lifetime.
     pub lifetime: Duration,
-    /// RSS samples (KiB).
-    pub rss_kib: &'a [u64],
+    /// RSS samples (KiB), per operator process.
+    pub rss_kib: &'a [Vec<u64>],
+    /// Granted token calls in the phase, per operator process.
+    pub granted: &'a [f64],
+    /// CPU seconds in the phase, per operator process.
+    pub cpu_s: &'a [f64],
 }
 
 impl Steady {
@@ -286,7 +310,38 @@ impl Steady {
         let cycle = i.lifetime.saturating_sub(i.refresh_before).as_secs_f64();
         let n = i.names.len().max(1) as f64;
         let cycles = phase.seconds / cycle.max(0.001);
-        let rss = i.rss_kib;
+        let mean_max = |kib: &[u64]| {
+            (
+                kib.iter().sum::<u64>() as f64 / kib.len().max(1) as f64 / 1024.0,
+                kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+            )
+        };
+        let all_granted: f64 = i.granted.iter().sum();
+        let replicas: Vec<ReplicaShare> = if i.rss_kib.len() < 2 {
+            Vec::new()
+        } else {
+            i.rss_kib
+                .iter()
+                .zip(i.granted)
+                .zip(i.cpu_s)
+                .map(|((kib, granted), cpu)| {
+                    let (rss_mean_mib, rss_max_mib) = mean_max(kib);
+                    ReplicaShare {
+                        granted_calls: *granted,
+                        share_pct: 100.0 * granted / all_granted.max(1.0),
+                        cpu_ms_per_refresh: cpu * 1000.0 / granted.max(1.0),
+                        rss_mean_mib,
+                        rss_max_mib,
+                    }
+                })
+                .collect()
+        };
+        // The heaviest replica's memory: each replica must fit its own limit.
+        let (rss_mean_mib, rss_max_mib) = i
+            .rss_kib
+            .iter()
+            .map(|kib| mean_max(kib))
+            .fold((0.0, 0.0), |(m, x), (a, b)| (f64::max(m, a), f64::max(x, b)));
         Steady {
             refreshes,
             timed_refreshes: timings.len(),
@@ -304,8 +359,9 @@ impl Steady {
             calls_per_refresh: calls as f64 / (refreshes.max(1)) as f64,
             connections_refreshed: refreshed,
             min_refreshes_per_connection: if i.names.is_empty() { 0 } else { min_refreshes },
-            rss_max_mib: rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
-            rss_mean_mib: rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64 / 1024.0,
+            rss_max_mib,
+            rss_mean_mib,
+            replicas,
             phase,
         }
     }
@@ -488,9 +544,18 @@ impl Report {
                 ),
             );
             row(
-                "operator RSS steady (mean / max)".into(),
+                "operator RSS steady (mean / max; the largest replica)".into(),
                 format!("{:.1} / {:.1} MiB", st.rss_mean_mib, st.rss_max_mib),
             );
+            for (n, r) in st.replicas.iter().enumerate() {
+                row(
+                    format!("**replica {n}: share of granted refreshes**, CPU per own refresh, RSS mean / max"),
+                    format!(
+                        "**{:.1} %** ({:.0}), {:.3} ms, {:.1} / {:.1} MiB",
+                        r.share_pct, r.granted_calls, r.cpu_ms_per_refresh, r.rss_mean_mib, r.rss_max_mib
+                    ),
+                );
+            }
         }
         row(
             "**operator RSS peak (VmHWM)**".into(),
@@ -537,7 +602,7 @@ impl Report {
         let p = &self.params;
         let mut s = format!(
             "## exact-bench: {} connections, {} s tokens, {} s window, refreshBefore {:.2} s, \
-             {} s steady, burst {}, {} foreign Secrets{}\n\nMachine: {} CPUs, {:.0} GiB; kube-apiserver, etcd, \
+             {} s steady, burst {}, {} foreign Secrets{}, {} operator replica(s){}\n\nMachine: {} CPUs, {:.0} GiB; kube-apiserver, etcd, \
              exact-sim and the operator share them; tree {}.\n\n| figure | value |\n| --- | --- |\n",
             p.connections,
             p.token_lifetime_s,
@@ -549,6 +614,12 @@ impl Report {
             p.restart_at_s
                 .map(|s| format!(", restart at {s:.0} s"))
                 .unwrap_or_default(),
+            p.replicas,
+            if p.operator_args.is_empty() {
+                String::new()
+            } else {
+                format!(" with `{}`", p.operator_args.join(" "))
+            },
             p.cpus,
             p.mem_gib,
             p.revision
