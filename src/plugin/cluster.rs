@@ -122,6 +122,32 @@ pub fn ready_condition(conn: &ExactConnection) -> Option<&Condition> {
         .and_then(|s| crate::conditions::find_ready(&s.conditions))
 }
 
+/// The Ready condition as `status` shows it, for connections and webhook subscriptions.
+#[derive(serde::Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// Whether Ready=True.
+    pub ready: bool,
+    /// The Ready condition's status: "True", "False", or "Unknown" when there is none yet.
+    pub ready_status: String,
+    /// The Ready condition's reason, if any.
+    pub reason: Option<String>,
+    /// The Ready condition's message, if any.
+    pub message: Option<String>,
+}
+
+impl Readiness {
+    /// Summarizes a Ready condition (None: not reported yet).
+    pub fn of(ready: Option<&Condition>) -> Readiness {
+        Readiness {
+            ready: ready.is_some_and(|c| c.status == "True"),
+            ready_status: ready.map_or_else(|| "Unknown".into(), |c| c.status.clone()),
+            reason: ready.map(|c| c.reason.clone()),
+            message: ready.map(|c| c.message.clone()),
+        }
+    }
+}
+
 /// Whether the connection is Ready=True.
 pub fn is_ready(conn: &ExactConnection) -> bool {
     ready_condition(conn).is_some_and(|c| c.status == "True")

@@ -1,7 +1,7 @@
 //! `kubectl exact status`: one line per ExactConnection, and an exit code scripts can use
 //! (non-zero when any listed connection is not Ready).
 
-use super::cluster::{is_missing_resource_type, ready_condition, Session};
+use super::cluster::{is_missing_resource_type, ready_condition, Readiness, Session};
 use super::table::{self, NONE};
 use super::webhooks::{self, WebhookRow};
 use super::{out, render_data, Error, Format, EXIT_NOT_READY, EXIT_OK};
@@ -18,14 +18,9 @@ pub struct Row {
     pub namespace: String,
     /// Name of the connection.
     pub name: String,
-    /// Whether Ready=True.
-    pub ready: bool,
-    /// The Ready condition's status: "True", "False", or "Unknown" when there is none yet.
-    pub ready_status: String,
-    /// The Ready condition's reason, if any.
-    pub reason: Option<String>,
-    /// The Ready condition's message, if any.
-    pub message: Option<String>,
+    /// Its Ready condition (`ready`, `readyStatus`, `reason`, `message` in JSON).
+    #[serde(flatten)]
+    pub readiness: Readiness,
     /// The Exact division (company).
     pub division: Option<i64>,
     /// When the published access token expires.
@@ -52,10 +47,7 @@ impl Row {
         Row {
             namespace: conn.metadata.namespace.clone().unwrap_or_default(),
             name: conn.metadata.name.clone().unwrap_or_default(),
-            ready: ready.is_some_and(|c| c.status == "True"),
-            ready_status: ready.map_or_else(|| "Unknown".into(), |c| c.status.clone()),
-            reason: ready.map(|c| c.reason.clone()),
-            message: ready.map(|c| c.message.clone()),
+            readiness: Readiness::of(ready),
             division: status.division.or(conn.spec.division),
             access_token_expires_at: status.access_token_expires_at,
             next_refresh_time: status.next_refresh_time,
@@ -98,8 +90,8 @@ pub fn render_table(rows: &[Row], all_namespaces: bool, now: Timestamp) -> Strin
         .map(|r| {
             let mut line = vec![
                 r.name.clone(),
-                r.ready_status.clone(),
-                r.reason.clone().unwrap_or_else(|| NONE.into()),
+                r.readiness.ready_status.clone(),
+                r.readiness.reason.clone().unwrap_or_else(|| NONE.into()),
                 r.division.map_or_else(|| NONE.into(), |d| d.to_string()),
                 table::or_none(r.access_token_expires_at, now, table::expiry),
                 table::or_none(r.next_refresh_time, now, table::relative),
@@ -118,7 +110,7 @@ pub fn render_table(rows: &[Row], all_namespaces: bool, now: Timestamp) -> Strin
 /// The exit code for a listing: [`EXIT_NOT_READY`] when any connection or webhook
 /// subscription is not Ready, else [`EXIT_OK`] (also for an empty list).
 pub fn exit_code(rows: &[Row], hooks: &[WebhookRow]) -> u8 {
-    if rows.iter().all(|r| r.ready) && hooks.iter().all(|h| h.ready) {
+    if rows.iter().all(|r| r.readiness.ready) && hooks.iter().all(|h| h.readiness.ready) {
         EXIT_OK
     } else {
         EXIT_NOT_READY
@@ -223,13 +215,13 @@ mod tests {
     #[test]
     fn rows_summarize_the_ready_condition() {
         let row = Row::from_connection(&connection("acme", Some(("True", "TokenPublished"))));
-        assert!(row.ready);
-        assert_eq!(row.reason.as_deref(), Some("TokenPublished"));
+        assert!(row.readiness.ready);
+        assert_eq!(row.readiness.reason.as_deref(), Some("TokenPublished"));
         assert_eq!(row.division, Some(123456));
         let unseen = Row::from_connection(&connection("new", None));
-        assert!(!unseen.ready);
-        assert_eq!(unseen.ready_status, "Unknown");
-        assert_eq!(unseen.reason, None);
+        assert!(!unseen.readiness.ready);
+        assert_eq!(unseen.readiness.ready_status, "Unknown");
+        assert_eq!(unseen.readiness.reason, None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! subscription object, with the subscriptions it holds at Exact (topic and Exact's ID;
 //! neither is a secret).
 
-use super::cluster::{is_missing_resource_type, Session};
+use super::cluster::{is_missing_resource_type, Readiness, Session};
 use super::table::{self, NONE};
 use super::Error;
 use crate::crd::Condition;
@@ -29,14 +29,9 @@ pub struct WebhookRow {
     pub active: Vec<String>,
     /// The CallbackURL registered at Exact.
     pub callback_url: Option<String>,
-    /// Whether Ready=True.
-    pub ready: bool,
-    /// The Ready condition's status: "True", "False", or "Unknown" when there is none yet.
-    pub ready_status: String,
-    /// The Ready condition's reason, if any.
-    pub reason: Option<String>,
-    /// The Ready condition's message, if any.
-    pub message: Option<String>,
+    /// Its Ready condition (`ready`, `readyStatus`, `reason`, `message` in JSON).
+    #[serde(flatten)]
+    pub readiness: Readiness,
     /// When it was created.
     pub created: Option<Timestamp>,
 }
@@ -61,10 +56,7 @@ impl WebhookRow {
                 .map(|a| format!("{}={}", a.topic, a.id))
                 .collect(),
             callback_url: status.callback_url,
-            ready: ready.is_some_and(|c| c.status == "True"),
-            ready_status: ready.map_or_else(|| "Unknown".into(), |c| c.status.clone()),
-            reason: ready.map(|c| c.reason.clone()),
-            message: ready.map(|c| c.message.clone()),
+            readiness: Readiness::of(ready),
             created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
         }
     }
@@ -118,8 +110,8 @@ pub fn render_table(rows: &[WebhookRow], all_namespaces: bool, now: Timestamp) -
                 r.division.map_or_else(|| NONE.into(), |d| d.to_string()),
                 r.topics.join(","),
                 format!("{}/{}", r.active.len(), r.topics.len()),
-                r.ready_status.clone(),
-                r.reason.clone().unwrap_or_else(|| NONE.into()),
+                r.readiness.ready_status.clone(),
+                r.readiness.reason.clone().unwrap_or_else(|| NONE.into()),
                 table::or_none(r.created, now, table::age),
             ];
             if all_namespaces {
@@ -141,12 +133,12 @@ pub fn render_section(rows: &[WebhookRow]) -> String {
         s += &format!(
             "  {} ({}, division {}): {}\n",
             r.name,
-            match &r.reason {
-                Some(reason) => format!("Ready={} {reason}", r.ready_status),
-                None => format!("Ready={}", r.ready_status),
+            match &r.readiness.reason {
+                Some(reason) => format!("Ready={} {reason}", r.readiness.ready_status),
+                None => format!("Ready={}", r.readiness.ready_status),
             },
             r.division.map_or_else(|| NONE.into(), |d| d.to_string()),
-            r.message.clone().unwrap_or_else(|| NONE.into()),
+            r.readiness.message.clone().unwrap_or_else(|| NONE.into()),
         );
         s += &table::fields(
             4,
@@ -202,8 +194,8 @@ mod tests {
         let row = WebhookRow::from_subscription(&subscription(false));
         assert_eq!(row.connection, "acme");
         assert_eq!(row.active, vec!["Accounts=0f8e-1".to_string()]);
-        assert!(!row.ready);
-        assert_eq!(row.reason.as_deref(), Some("ExactRefused"));
+        assert!(!row.readiness.ready);
+        assert_eq!(row.readiness.reason.as_deref(), Some("ExactRefused"));
         let table = render_table(std::slice::from_ref(&row), false, at(0));
         assert!(table.contains("accounts"), "{table}");
         assert!(table.contains("1/2"), "{table}");

@@ -248,7 +248,10 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Report> {
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let rss: Vec<RssSampler> = operators.iter().map(|o| RssSampler::start(o.pid())).collect();
+    let rss: Vec<RssSampler> = operators
+        .iter()
+        .map(|o| RssSampler::start(o.pid()))
+        .collect();
     let probes_start = Mark {
         at: started,
         requests: pre_requests,

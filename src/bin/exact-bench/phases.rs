@@ -156,9 +156,8 @@ pub async fn steady(
     let end_mark = probes.mark().await?;
     let phase = probes.phase(&start, total as f64, None).await?;
     let samples: Vec<Vec<u64>> = rss.iter().map(RssSampler::take).collect();
-    let per_replica = |a: &[f64], b: &[f64]| -> Vec<f64> {
-        a.iter().zip(b).map(|(x, y)| y - x).collect()
-    };
+    let per_replica =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| y - x).collect() };
     Ok(Steady::new(
         SteadyInput {
             names,

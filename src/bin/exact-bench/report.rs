@@ -341,7 +341,9 @@ impl Steady {
             .rss_kib
             .iter()
             .map(|kib| mean_max(kib))
-            .fold((0.0, 0.0), |(m, x), (a, b)| (f64::max(m, a), f64::max(x, b)));
+            .fold((0.0, 0.0), |(m, x), (a, b)| {
+                (f64::max(m, a), f64::max(x, b))
+            });
         Steady {
             refreshes,
             timed_refreshes: timings.len(),
