@@ -546,6 +546,9 @@ fn check_kills(row: &mut Row, f: &Finished, kills: &[Kill], fate: JournalFate) {
         // the user it died of a lost response.
         for n in &in_flight {
             let (_, reason, message) = f.ready.get(n).cloned().unwrap_or_default();
+            row.note(format!(
+                "{n} (lost in flight) ended {reason}: \"{message}\""
+            ));
             row.check(
                 reason != "ReauthorizationRequired"
                     || message.contains("lost to a process death during the token call"),
