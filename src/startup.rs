@@ -123,7 +123,7 @@ pub async fn replay_journal(
                     IntentReplay::Interrupted => {
                         tracing::warn!(namespace = %namespace, connection = %connection, holder = %intent.holder, at = %intent.at, "token journal: refresh interrupted: the previous process died while its token call was in flight (Exact may have rotated the chain)");
                         let note = format!(
-                            "operator process {} died at {} while its token call was in flight: \
+                            "operator process {} sent a token call at {} and died before its answer: \
                              Exact may have rotated the refresh token without the answer being \
                              received; the next refresh tells whether the chain survived",
                             intent.holder, intent.at

@@ -188,9 +188,9 @@ fn lost_in_flight(state: &ConnectionState) -> Option<String> {
     (crate::state::digest(spent.expose_secret()) == interrupted.chain).then(|| {
         format!(
             "Exact answered \"Old refresh token used.\": the chain was lost to a process death \
-             during the token call (operator process {} died at {} with the refresh in flight; \
-             Exact rotated the chain, the answer was never received: a lost response, not \
-             another party); a new consent is needed",
+             during the token call (operator process {} sent the refresh at {} and died \
+             before its answer; Exact rotated the chain, the answer was never received: a lost \
+             response, not another party); a new consent is needed",
             interrupted.holder, interrupted.at
         )
     })
