@@ -7,7 +7,10 @@
 //! a. SIGKILLs of the operator, restarting it each time with the same token journal (a
 //!    container restart in the same pod): every answer the journal holds at a kill must be
 //!    replayed and its chain go on; only kills during the token call itself (the answer
-//!    not yet in hand, as in f) may lose a chain;
+//!    not yet in hand, as in f) may lose a chain, and each such loss must be proven in
+//!    flight: the journal held the intent of a call spending the stored chain (0 "answer
+//!    lost"), the successor reported the interruption and the dead chain's status names
+//!    the lost response;
 //! b. SIGTERM restarts;
 //! c. two replicas with `--leader-elect`, the leader SIGKILLed (journals kept);
 //! d. the kube-apiserver stopped during refreshes, then restarted;
