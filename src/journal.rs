@@ -9,22 +9,149 @@
 //! One file per connection (`<namespace>_<connection>.json`, mode 0600, directory 0700),
 //! replaced atomically (temp file, fsync, rename, fsync of the directory). The refresh token
 //! in it is as sensitive as in the Secret: never logged, the directory not shared.
+//!
+//! Format version 2 has two kinds of record in that file: an *intent*, written after the
+//! claim and just before a refresh's token call (which chain is being spent, as a digest,
+//! when and by which process), replaced by the *answer* once it is in hand, and dropped when
+//! it is persisted. An intent found on start means its process died with the call in flight:
+//! Exact may have rotated the chain and nobody will ever hold the answer (a lost response).
+//! Version 1 files (answers only, no `kind`) still replay.
 
 pub use crate::chain::Entitlement;
 use crate::chain::{StateStore, Stored};
-use crate::state::{digest, ConnectionState};
+use crate::state::{digest, ConnectionState, InterruptedRefresh};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-const VERSION: u32 = 1;
+/// The format written now.
+pub const VERSION: u32 = 2;
+/// The first format (answers only, no `kind`): still replayed.
+const VERSION_ANSWERS_ONLY: u32 = 1;
+
+/// What a journal file holds.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Record {
+    /// A token answer not yet known to be persisted.
+    Answer(Entry),
+    /// A refresh whose token call is (or was) in flight.
+    Intent(Intent),
+}
+
+impl Record {
+    /// The file's bytes (JSON).
+    pub fn to_bytes(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+
+    /// Reads a file's bytes: version 2 by `kind`, version 1 as an answer. The error says
+    /// why without any of the content.
+    pub fn parse(bytes: &[u8]) -> Result<Record, String> {
+        #[derive(Deserialize)]
+        struct Head {
+            v: u32,
+            kind: Option<String>,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| unreadable(&e))?;
+        match (head.v, head.kind.as_deref()) {
+            (VERSION_ANSWERS_ONLY, None) => serde_json::from_slice::<Entry>(bytes)
+                .map(Record::Answer)
+                .map_err(|e| unreadable(&e)),
+            (VERSION, Some("answer" | "intent")) => {
+                serde_json::from_slice::<Record>(bytes).map_err(|e| unreadable(&e))
+            }
+            _ => Err("an entry of another version or for another file name".into()),
+        }
+    }
+
+    /// (namespace, connection) of the record.
+    pub fn connection(&self) -> (&str, &str) {
+        match self {
+            Record::Answer(e) => (&e.namespace, &e.connection),
+            Record::Intent(i) => (&i.namespace, &i.connection),
+        }
+    }
+}
+
+/// A refresh about to spend a chain: written after the claim, right before the token call.
+/// No secret in it: the chain is named by its digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// Format version.
+    pub v: u32,
+    /// Namespace of the connection.
+    pub namespace: String,
+    /// Name of the connection.
+    pub connection: String,
+    /// SHA-256 (hex) of the refresh token the call spends.
+    pub chain: String,
+    /// When the call was about to be sent.
+    pub at: Timestamp,
+    /// Identity of the process making the call.
+    pub holder: String,
+}
+
+impl Intent {
+    /// An intent to spend `refresh_token` now, by `holder`.
+    pub fn new(namespace: &str, connection: &str, chain_digest: &str, holder: &str) -> Self {
+        Intent {
+            v: VERSION,
+            namespace: namespace.into(),
+            connection: connection.into(),
+            chain: chain_digest.into(),
+            at: Timestamp::now(),
+            holder: holder.into(),
+        }
+    }
+}
+
+/// What replay does with an intent, given what is stored now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IntentReplay {
+    /// The stored chain is the one the call spent: its process died with the call in
+    /// flight, and Exact may have rotated the chain. Record that on the state, tell.
+    Interrupted,
+    /// Drop the intent, for this reason.
+    Drop(&'static str),
+}
+
+/// Decides an intent's fate (pure).
+pub fn intent_decision(
+    intent: &Intent,
+    stored: &ConnectionState,
+    now: Timestamp,
+    max_age: Duration,
+) -> IntentReplay {
+    let age = now.duration_since(intent.at);
+    if age > jiff::SignedDuration::try_from(max_age).unwrap_or(jiff::SignedDuration::MAX) {
+        return IntentReplay::Drop("older than the refresh-token lifetime");
+    }
+    let stored_chain = stored
+        .refresh_token
+        .as_ref()
+        .map(|t| digest(t.expose_secret()));
+    if stored_chain.as_deref() != Some(intent.chain.as_str()) {
+        return IntentReplay::Drop(
+            "superseded: the stored chain is not the one the interrupted call spent",
+        );
+    }
+    if stored.dead.is_some() {
+        return IntentReplay::Drop("the stored chain is already marked dead");
+    }
+    if stored.interrupted.as_ref().map(|i| (&i.chain, i.at)) == Some((&intent.chain, intent.at)) {
+        return IntentReplay::Drop("already recorded as interrupted");
+    }
+    IntentReplay::Interrupted
+}
 
 /// One journalled answer: the state to persist.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -123,9 +250,12 @@ pub fn replay_decision(
 }
 
 /// The journal directory.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
+    /// When this process's intents became durable, per file: the in-flight window (intent
+    /// durable -> answer durable) is logged with the answer.
+    intents: Mutex<HashMap<PathBuf, Instant>>,
 }
 
 /// A journal file that could not be read as an entry.
@@ -148,7 +278,10 @@ impl Journal {
         if mode & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
-        Ok(Journal { dir: dir.into() })
+        Ok(Journal {
+            dir: dir.into(),
+            intents: Mutex::new(HashMap::new()),
+        })
     }
 
     fn path(&self, namespace: &str, connection: &str) -> PathBuf {
@@ -156,11 +289,13 @@ impl Journal {
         self.dir.join(format!("{namespace}_{connection}.json"))
     }
 
-    /// Writes `entry` durably (temp file, fsync, rename, fsync the directory).
-    pub fn record(&self, entry: &Entry) -> std::io::Result<()> {
-        let path = self.path(&entry.namespace, &entry.connection);
+    /// Replaces the connection's file with `record` durably (temp file, fsync, rename,
+    /// fsync the directory).
+    fn write_record(&self, record: &Record) -> std::io::Result<PathBuf> {
+        let (namespace, connection) = record.connection();
+        let path = self.path(namespace, connection);
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        let bytes = record.to_bytes().map_err(std::io::Error::other)?;
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -172,14 +307,45 @@ impl Journal {
         drop(f);
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()?;
+        Ok(path)
+    }
+
+    /// Writes `entry` (an answer) durably, replacing the intent of its call.
+    pub fn record(&self, entry: &Entry) -> std::io::Result<()> {
+        let path = self.write_record(&Record::Answer(entry.clone()))?;
         // The width of the window a kill can still lose an answer in (the chaos suite
         // reads it): from the answer in hand to its entry durable.
         let durable_after = Timestamp::now().duration_since(entry.received_at);
+        // And how long the call was in flight as the journal saw it (intent durable ->
+        // answer durable): a kill in there leaves the intent, never the answer.
+        let in_flight = self
+            .intents
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&path))
+            .map(|t| t.elapsed().as_micros() as u64);
         tracing::debug!(
             namespace = %entry.namespace,
             connection = %entry.connection,
             micros = durable_after.as_micros().max(0) as u64,
+            in_flight_micros = in_flight,
             "token journal: entry written"
+        );
+        Ok(())
+    }
+
+    /// Writes `intent` durably: the call it announces may now be sent.
+    pub fn intend(&self, intent: &Intent) -> std::io::Result<()> {
+        let started = Instant::now();
+        let path = self.write_record(&Record::Intent(intent.clone()))?;
+        if let Ok(mut m) = self.intents.lock() {
+            m.insert(path, Instant::now());
+        }
+        tracing::debug!(
+            namespace = %intent.namespace,
+            connection = %intent.connection,
+            micros = started.elapsed().as_micros() as u64,
+            "token journal: intent written"
         );
         Ok(())
     }
@@ -187,6 +353,9 @@ impl Journal {
     /// Drops the entry of a connection (its answer is in the state Secret now).
     pub fn settle(&self, namespace: &str, connection: &str) {
         let path = self.path(namespace, connection);
+        if let Ok(mut m) = self.intents.lock() {
+            m.remove(&path);
+        }
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -196,8 +365,8 @@ impl Journal {
         }
     }
 
-    /// Every entry, and the files that are not entries (reported, never fatal).
-    pub fn entries(&self) -> (Vec<(PathBuf, Entry)>, Vec<BadEntry>) {
+    /// Every record, and the files that are not records (reported, never fatal).
+    pub fn entries(&self) -> (Vec<(PathBuf, Record)>, Vec<BadEntry>) {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let Ok(dir) = fs::read_dir(&self.dir) else {
@@ -212,12 +381,9 @@ impl Journal {
                 }
                 continue;
             }
-            match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| unreadable(&e)))
-            {
-                Ok(e) if e.v == VERSION && path == self.path(&e.namespace, &e.connection) => {
-                    good.push((path, e))
+            match read_record(&path) {
+                Ok(r) if path == self.path(r.connection().0, r.connection().1) => {
+                    good.push((path, r))
                 }
                 Ok(_) => bad.push(BadEntry {
                     path,
@@ -233,6 +399,12 @@ impl Journal {
     pub fn quarantine(&self, bad: &BadEntry) {
         let _ = fs::rename(&bad.path, bad.path.with_extension("bad"));
     }
+}
+
+/// Reads one journal file (the chaos suite classifies its kills with it).
+pub fn read_record(path: &Path) -> Result<Record, String> {
+    let bytes = fs::read(path).map_err(|e| e.kind().to_string())?;
+    Record::parse(&bytes)
 }
 
 /// Why a file is not an entry, without any of its content: serde's own messages quote the
@@ -270,6 +442,47 @@ pub async fn replay_entry<S: StateStore>(store: &S, entry: &Entry, max_age: Dura
             Err(crate::chain::WriteError::Conflict) => continue,
             Err(crate::chain::WriteError::Other(e)) => {
                 tracing::warn!(connection = %entry.connection, error = %e, "journal replay: writing state failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Replays one intent through `store` (retrying while the store is unreachable): when the
+/// stored chain is the one the interrupted call spent, records the interruption on the
+/// state (so a later "Old refresh token used." is explained) and returns `Interrupted`.
+pub async fn replay_intent<S: StateStore>(
+    store: &S,
+    intent: &Intent,
+    max_age: Duration,
+) -> IntentReplay {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let stored: Stored = match store.load().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(connection = %intent.connection, error = %e, "journal replay: reading state failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let decision = intent_decision(intent, &stored.state, Timestamp::now(), max_age);
+        if decision != IntentReplay::Interrupted {
+            return decision;
+        }
+        let mut state = stored.state;
+        state.interrupted = Some(InterruptedRefresh {
+            chain: intent.chain.clone(),
+            at: intent.at,
+            holder: intent.holder.clone(),
+        });
+        match store.write(&state, stored.version.as_deref()).await {
+            Ok(_) => return IntentReplay::Interrupted,
+            Err(crate::chain::WriteError::Conflict) => continue,
+            Err(crate::chain::WriteError::Other(e)) => {
+                tracing::warn!(connection = %intent.connection, error = %e, "journal replay: writing state failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -377,9 +590,11 @@ mod tests {
         fs::write(dir.join("ns_e.json.tmp"), b"half").expect("torn write");
         let (good, bad) = j.entries();
         assert_eq!(good.len(), 1);
+        let Record::Answer(answer) = &good[0].1 else {
+            panic!("an answer");
+        };
         assert_eq!(
-            good[0]
-                .1
+            answer
                 .state()
                 .refresh_token
                 .map(|t| t.expose_secret().to_string()),
@@ -392,6 +607,136 @@ mod tests {
             !dir.join("ns_e.json.tmp").exists(),
             "torn writes are removed"
         );
+        j.settle("ns", "c");
+        assert!(j.entries().0.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn intent_for(chain_token: &str) -> Intent {
+        Intent::new("ns", "c", &digest(chain_token), "op-a-0001")
+    }
+
+    #[test]
+    fn an_intent_for_the_stored_chain_means_the_call_was_in_flight() {
+        let i = intent_for("rt-1");
+        let now = i.at;
+        assert_eq!(
+            intent_decision(&i, &state("rt-1"), now, MONTH),
+            IntentReplay::Interrupted
+        );
+        assert!(matches!(
+            intent_decision(&i, &state("rt-2"), now, MONTH),
+            IntentReplay::Drop(why) if why.starts_with("superseded")
+        ));
+        assert!(matches!(
+            intent_decision(&i, &ConnectionState::default(), now, MONTH),
+            IntentReplay::Drop(why) if why.starts_with("superseded")
+        ));
+        let mut dead = state("rt-1");
+        dead.dead = Some(crate::state::DeadChain {
+            reason: "ReauthorizationRequired".into(),
+            message: "m".into(),
+            fingerprint: "f".into(),
+        });
+        assert!(matches!(
+            intent_decision(&i, &dead, now, MONTH),
+            IntentReplay::Drop(_)
+        ));
+        let mut recorded = state("rt-1");
+        recorded.interrupted = Some(InterruptedRefresh {
+            chain: i.chain.clone(),
+            at: i.at,
+            holder: i.holder.clone(),
+        });
+        assert_eq!(
+            intent_decision(&i, &recorded, now, MONTH),
+            IntentReplay::Drop("already recorded as interrupted")
+        );
+        let later = now
+            .saturating_add(jiff::SignedDuration::from_hours(24 * 31))
+            .unwrap_or(now);
+        assert_eq!(
+            intent_decision(&i, &state("rt-1"), later, MONTH),
+            IntentReplay::Drop("older than the refresh-token lifetime")
+        );
+    }
+
+    #[test]
+    fn the_format_is_versioned_and_version_1_answers_still_replay() {
+        // Version 1: an answer, no kind.
+        let e = Entry::new(
+            "ns",
+            "c",
+            &state("rt-2"),
+            Entitlement::SameChain {
+                consumed: digest("rt-1"),
+            },
+        );
+        let mut v1 = serde_json::to_value(&e).expect("json");
+        v1["v"] = 1.into();
+        let bytes = serde_json::to_vec(&v1).expect("json");
+        assert!(
+            matches!(Record::parse(&bytes), Ok(Record::Answer(a)) if a.entitlement == e.entitlement)
+        );
+        // Version 2: tagged; an intent holds no token, only its digest.
+        let i = intent_for("rt-1");
+        let bytes = Record::Intent(i.clone()).to_bytes().expect("json");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        assert!(
+            text.contains("\"kind\":\"intent\"") && text.contains("\"v\":2"),
+            "{text}"
+        );
+        assert!(!text.contains("rt-1"), "{text}");
+        assert!(matches!(Record::parse(&bytes), Ok(Record::Intent(back)) if back == i));
+        let answer = Record::Answer(e).to_bytes().expect("json");
+        assert!(matches!(Record::parse(&answer), Ok(Record::Answer(_))));
+        // Unknown versions and kinds, and a version 2 file without a kind, are bad entries.
+        for bad in [
+            serde_json::json!({"v": 3, "kind": "intent"}),
+            serde_json::json!({"v": 2, "kind": "wish"}),
+            serde_json::json!({"v": 2, "namespace": "ns"}),
+            serde_json::json!({"v": 1, "kind": "intent"}),
+        ] {
+            let bytes = serde_json::to_vec(&bad).expect("json");
+            assert!(Record::parse(&bytes).is_err(), "{bad}");
+        }
+        // A version-2 intent cut short is reported without content.
+        let cut = &bytes_of(&i)[..20];
+        assert!(Record::parse(cut).is_err());
+    }
+
+    fn bytes_of(i: &Intent) -> Vec<u8> {
+        Record::Intent(i.clone()).to_bytes().expect("json")
+    }
+
+    #[test]
+    fn the_answer_replaces_the_intent_in_the_same_file() {
+        let dir = std::env::temp_dir().join(format!("journal-intent-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let j = Journal::open(&dir).expect("open");
+        j.intend(&intent_for("rt-1")).expect("intend");
+        let (good, bad) = j.entries();
+        assert!(bad.is_empty());
+        assert!(matches!(good.as_slice(), [(_, Record::Intent(_))]));
+        assert_eq!(
+            fs::metadata(dir.join("ns_c.json"))
+                .expect("file")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        let e = Entry::new(
+            "ns",
+            "c",
+            &state("rt-2"),
+            Entitlement::SameChain {
+                consumed: digest("rt-1"),
+            },
+        );
+        j.record(&e).expect("record");
+        let (good, _) = j.entries();
+        assert!(matches!(good.as_slice(), [(_, Record::Answer(_))]));
         j.settle("ns", "c");
         assert!(j.entries().0.is_empty());
         let _ = fs::remove_dir_all(&dir);

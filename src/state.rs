@@ -31,6 +31,19 @@ pub struct DeadChain {
     pub fingerprint: String,
 }
 
+/// A refresh whose process died while its token call was in flight (found by the journal
+/// replay of its successor): Exact may have rotated the chain without anyone receiving the
+/// answer. Kept so that a later "Old refresh token used." can say why the chain died.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterruptedRefresh {
+    /// Digest of the refresh token that call spent (never the token).
+    pub chain: String,
+    /// When the call was about to be sent.
+    pub at: Timestamp,
+    /// Identity of the process that died.
+    pub holder: String,
+}
+
 /// What a Me answer changed about who the connection is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdentityChange {
@@ -78,6 +91,8 @@ pub struct ConnectionState {
     pub handled_reauthorize: Option<String>,
     /// Token calls per hour over the last day, for Exact's daily cap (`crate::budget`).
     pub token_calls: Vec<crate::budget::Bucket>,
+    /// A refresh of the stored chain interrupted by a process death (until a new chain).
+    pub interrupted: Option<InterruptedRefresh>,
 }
 
 const K_REFRESH: &str = "refresh_token";
@@ -105,6 +120,9 @@ const K_USER_NAME: &str = "exact_user_name";
 const K_PREVIOUS_USER_ID: &str = "previous_exact_user_id";
 const K_HANDLED_REAUTHORIZE: &str = "handled_reauthorize";
 const K_TOKEN_CALLS: &str = "token_calls_hourly";
+const K_INTERRUPTED_CHAIN: &str = "interrupted_chain";
+const K_INTERRUPTED_AT: &str = "interrupted_at";
+const K_INTERRUPTED_HOLDER: &str = "interrupted_holder";
 
 /// Hex SHA-256 of a secret value: safe to show and compare.
 pub fn digest(value: &str) -> String {
@@ -171,6 +189,17 @@ impl ConnectionState {
             token_calls: text(data, K_TOKEN_CALLS)
                 .map(|s| crate::budget::from_text(&s))
                 .unwrap_or_default(),
+            interrupted: match (
+                text(data, K_INTERRUPTED_CHAIN),
+                time(data, K_INTERRUPTED_AT),
+            ) {
+                (Some(chain), Some(at)) => Some(InterruptedRefresh {
+                    chain,
+                    at,
+                    holder: text(data, K_INTERRUPTED_HOLDER).unwrap_or_default(),
+                }),
+                _ => None,
+            },
         }
     }
 
@@ -247,6 +276,11 @@ impl ConnectionState {
                 K_TOKEN_CALLS,
                 Some(crate::budget::to_text(&self.token_calls)),
             );
+        }
+        if let Some(i) = &self.interrupted {
+            put(K_INTERRUPTED_CHAIN, Some(i.chain.clone()));
+            put(K_INTERRUPTED_AT, Some(i.at.to_string()));
+            put(K_INTERRUPTED_HOLDER, Some(i.holder.clone()));
         }
         m
     }
@@ -347,8 +381,14 @@ mod tests {
                 calls: 3,
                 retries: 1,
             }],
+            interrupted: Some(InterruptedRefresh {
+                chain: digest("r0"),
+                at: t(5),
+                holder: "op-0".into(),
+            }),
         };
         let back = ConnectionState::from_data(&st.to_data());
+        assert_eq!(back.interrupted, st.interrupted);
         assert_eq!(
             back.refresh_token.map(|s| s.expose_secret().to_string()),
             Some("r1".into())

@@ -3,7 +3,7 @@
 
 use crate::cache::{Caches, WrittenStates};
 use crate::chain::{Entitlement, StateStore, Stored, WriteError};
-use crate::journal::{Entry, Journal};
+use crate::journal::{Entry, Intent, Journal};
 use crate::secrets::{is_conflict, load_state, write_state};
 use crate::state::ConnectionState;
 use k8s_openapi::api::core::v1::Secret;
@@ -121,6 +121,17 @@ impl StateStore for StateHandle {
         }
         if let Some(m) = &self.metrics {
             m.journal_write.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn intend(&self, chain: &str, holder: &str) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let intent = Intent::new(&self.namespace, &self.connection, chain, holder);
+        if let Err(e) = journal.intend(&intent) {
+            // The call goes on; only the account of a death during it is missing.
+            tracing::error!(connection = %self.connection, error = %e, "writing the token journal intent failed");
         }
     }
 

@@ -7,7 +7,10 @@
 //! a. SIGKILLs of the operator, restarting it each time with the same token journal (a
 //!    container restart in the same pod): every answer the journal holds at a kill must be
 //!    replayed and its chain go on; only kills during the token call itself (the answer
-//!    not yet in hand, as in f) may lose a chain;
+//!    not yet in hand, as in f) may lose a chain, and each such loss must be proven in
+//!    flight: the journal held the intent of a call spending the stored chain (0 "answer
+//!    lost"), the successor reported the interruption and the dead chain's status names
+//!    the lost response;
 //! b. SIGTERM restarts;
 //! c. two replicas with `--leader-elect`, the leader SIGKILLed (journals kept);
 //! d. the kube-apiserver stopped during refreshes, then restarted;
@@ -444,11 +447,15 @@ async fn poll_until(done: impl Fn() -> bool) {
     }
 }
 
-/// Whether a journal directory holds an entry (an answer not yet settled).
+/// Whether a journal directory holds an entry (an answer not yet settled; a refresh's
+/// intent, written before its call, does not count).
 fn has_journal_entry(dir: &Path) -> bool {
+    use exact_operator::journal::{read_record, Record};
     std::fs::read_dir(dir).is_ok_and(|d| {
-        d.flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+        d.flatten().any(|e| {
+            e.path().extension().is_some_and(|x| x == "json")
+                && matches!(read_record(&e.path()), Ok(Record::Answer(_)))
+        })
     })
 }
 
@@ -525,6 +532,49 @@ fn check_kills(row: &mut Row, f: &Finished, kills: &[Kill], fate: JournalFate) {
             format!("{held_answers} answers held by the journal but only {replayed} replayed"),
         );
     }
+    let (in_flight, answer_lost) = (names(|k| &k.in_flight), names(|k| &k.answer_lost));
+    row.note(format!(
+        "lost chains by what the journal held at the kill: {} in flight (the intent of a call \
+         spending the stored chain: a lost response) {in_flight:?}; {} answer lost (neither \
+         answer nor intent) {answer_lost:?}",
+        in_flight.len(),
+        answer_lost.len()
+    ));
+    if fate == JournalFate::Kept {
+        row.check(
+            answer_lost.is_empty(),
+            format!("chains lost although the journal held neither their answer nor an intent: {answer_lost:?}"),
+        );
+        // The successor's replay recorded the interruption: a chain Exact did rotate tells
+        // the user it died of a lost response.
+        for n in &in_flight {
+            let (_, reason, message) = f.ready.get(n).cloned().unwrap_or_default();
+            row.note(format!(
+                "{n} (lost in flight) ended {reason}: \"{message}\""
+            ));
+            row.check(
+                reason != "ReauthorizationRequired"
+                    || message.contains("lost to a process death during the token call"),
+                format!("{n}: lost in flight, but its status does not say so: \"{message}\""),
+            );
+        }
+        let told = f
+            .logs
+            .iter()
+            .filter_map(|l| std::fs::read_to_string(l).ok())
+            .map(|t| t.matches("token journal: refresh interrupted").count())
+            .sum::<usize>();
+        row.note(format!(
+            "replays that found a refresh interrupted in flight (RefreshInterrupted events): {told}"
+        ));
+        row.check(
+            told >= in_flight.len(),
+            format!(
+                "{} chains lost in flight but only {told} interruptions found by the replays",
+                in_flight.len()
+            ),
+        );
+    }
     for k in kills {
         for n in &k.unreplayed {
             row.failures.push(format!(
@@ -572,6 +622,12 @@ fn note_windows(row: &mut Row, f: &Finished, kills: usize) {
         "token call (claim written -> answer in hand; a kill in it loses the chain, as a lost \
          response does): {}",
         spread(&windows.call)
+    ));
+    row.note(format!(
+        "in flight as the journal sees it (intent fsync'd -> answer fsync'd; a kill in it \
+         leaves the intent): {}; writing the intent {}",
+        spread(&windows.in_flight),
+        spread_us(&windows.intent)
     ));
     row.note(format!(
         "windows from the operators' logs: answer in hand -> journal entry fsync'd {}; entry \

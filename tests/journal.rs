@@ -7,7 +7,7 @@
 mod harness;
 mod support;
 
-use exact_operator::journal::{Entitlement, Entry};
+use exact_operator::journal::{read_record, Entitlement, Entry, Intent, Record};
 use exact_operator::state::{digest, ConnectionState};
 use exact_sim::Faults;
 use harness::*;
@@ -92,9 +92,10 @@ async fn kill_between_answer_and_persist(
     })
     .await
     .expect("Exact rotated the token while the API server was down");
+    // The file holds the call's intent until the answer replaces it.
     let entry = journal.join(format!("{ns}_acme.json"));
     let journalled = support::wait_for(Duration::from_secs(10), || async {
-        entry.exists().then_some(())
+        matches!(read_record(&entry), Ok(Record::Answer(_))).then_some(())
     })
     .await
     .is_some();
@@ -200,7 +201,9 @@ fn planted_entry(
 }
 
 fn write_json(path: &Path, entry: &Entry) -> Vec<u8> {
-    let bytes = serde_json::to_vec(entry).expect("entry json");
+    let bytes = Record::Answer(entry.clone())
+        .to_bytes()
+        .expect("entry json");
     std::fs::write(path, &bytes).expect("plant entry");
     bytes
 }
@@ -239,12 +242,13 @@ async fn the_operator_starts_past_corrupt_foreign_expired_and_superseded_entries
     let secret = |what: &str| format!("PLANTED-SECRET-{what}-0123456789abcdef");
 
     // Cut short: the first half of a real entry.
-    let truncated = serde_json::to_vec(&planted_entry(
+    let truncated = Record::Answer(planted_entry(
         &ns,
         "trunc",
         &secret("truncated"),
         Entitlement::Consent { supersede: true },
     ))
+    .to_bytes()
     .expect("json");
     std::fs::write(
         journal.join(format!("{ns}_trunc.json")),
@@ -268,7 +272,7 @@ async fn the_operator_starts_past_corrupt_foreign_expired_and_superseded_entries
         &secret("future"),
         Entitlement::Consent { supersede: true },
     );
-    future.v = 2;
+    future.v = exact_operator::journal::VERSION + 1;
     write_json(&journal.join(format!("{ns}_future.json")), &future);
     // Foreign: a file named for one connection holding another namespace's entry.
     write_json(
@@ -417,4 +421,151 @@ async fn the_operator_starts_past_corrupt_foreign_expired_and_superseded_entries
         left = listing();
     }
     assert!(left.is_empty(), "nothing left to replay: {left:?}");
+}
+
+async fn events_on(admin: &kube::Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(admin.clone(), ns);
+    let list = api.list(&Default::default()).await.expect("events");
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| Some((e.reason?, e.note.unwrap_or_default())))
+        .collect()
+}
+
+/// A journal left with the intent of a refresh whose process died during the token call
+/// (planted, as a SIGKILL in flight leaves it): the successor drops it, tells it in a
+/// `RefreshInterrupted` Event, and the chain goes on where Exact never saw the call (acme),
+/// or, where Exact had rotated it (beta), the dead chain's status names the lost response.
+#[tokio::test]
+async fn an_intent_left_by_a_death_in_flight_is_told_and_explains_a_lost_chain() {
+    let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
+    for name in ["acme", "beta", "gone"] {
+        bootstrap_connection(&admin, &ns, &sim, name, serde_json::json!({})).await;
+    }
+    let work = support::repo_path("target/tmp/journal").join(&ns);
+    let journal = work.join("journal");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let mut op = spawn_operator(&ns, "op-a", &journal, &work.join("a.log"));
+    for name in ["acme", "beta", "gone"] {
+        wait_reason(&admin, &ns, name, "TokenPublished", Duration::from_secs(60)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &op.id().to_string()])
+        .status();
+    let _ = op.wait();
+    let stored = |name: &'static str| {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        async move {
+            secret_data(&admin, &ns, &format!("{name}-exact-state"))
+                .await
+                .and_then(|d| d.get("refresh_token").cloned())
+                .expect("stored refresh token")
+        }
+    };
+    let dead_holder = "op-a-deadbeef";
+    let plant = |name: &str, chain: &str| {
+        let intent = Intent::new(&ns, name, &digest(chain), dead_holder);
+        let bytes = Record::Intent(intent).to_bytes().expect("json");
+        std::fs::write(journal.join(format!("{ns}_{name}.json")), bytes).expect("plant");
+    };
+    let (acme_rt, beta_rt) = (stored("acme").await, stored("beta").await);
+    plant("acme", &acme_rt);
+    plant("beta", &beta_rt);
+    // Superseded: an intent for a token "gone" no longer stores.
+    plant("gone", "a refresh token gone stored long ago");
+    // Exact processed beta's interrupted call: its chain rotated, the answer died. (Once
+    // Exact's refresh window is open: an early call would be refused.)
+    let allowed = secret_data(&admin, &ns, "beta-exact-state")
+        .await
+        .and_then(|d| {
+            d.get("refresh_allowed_from")?
+                .parse::<jiff::Timestamp>()
+                .ok()
+        })
+        .expect("refresh_allowed_from");
+    let wait = jiff::Timestamp::now().duration_until(allowed);
+    if wait.is_positive() {
+        tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
+    }
+    rotate_out_of_band(&sim, &beta_rt).await;
+
+    let before = sim.stats();
+    let mut op = spawn_operator(&ns, "op-b", &journal, &work.join("b.log"));
+    let (_, _, beta_message) = wait_reason(
+        &admin,
+        &ns,
+        "beta",
+        "ReauthorizationRequired",
+        Duration::from_secs(60),
+    )
+    .await;
+    let acme_on = support::wait_for(Duration::from_secs(60), || async {
+        let ok = |s: &exact_sim::Stats| {
+            s.connections
+                .get("acme")
+                .map_or(0, |c| c.counters.refresh_ok)
+        };
+        (ok(&sim.stats()) > ok(&before)).then_some(())
+    })
+    .await;
+    let acme_events = events_on(&admin, &ns, "acme").await;
+    let beta_events = events_on(&admin, &ns, "beta").await;
+    let gone_events = events_on(&admin, &ns, "gone").await;
+    let _ = op.kill();
+    let _ = op.wait();
+    let log = std::fs::read_to_string(work.join("b.log")).unwrap_or_default();
+
+    assert!(acme_on.is_some(), "acme's chain goes on:\n{log}");
+    assert_eq!(
+        ready_of(&admin, &ns, "acme").await.map(|r| r.1).as_deref(),
+        Some("TokenPublished")
+    );
+    assert_ne!(
+        stored("acme").await,
+        acme_rt,
+        "acme refreshed on its own chain"
+    );
+    assert!(
+        beta_message.contains("lost to a process death during the token call")
+            && beta_message.contains(dead_holder),
+        "beta's status names the lost response: {beta_message}"
+    );
+    for (name, events) in [("acme", &acme_events), ("beta", &beta_events)] {
+        assert!(
+            events
+                .iter()
+                .any(|(r, n)| r == "RefreshInterrupted" && n.contains(dead_holder)),
+            "{name}: RefreshInterrupted event: {events:?}"
+        );
+    }
+    assert!(
+        !gone_events.iter().any(|(r, _)| r == "RefreshInterrupted"),
+        "a superseded intent is no interruption: {gone_events:?}"
+    );
+    assert_eq!(
+        log.matches("refresh interrupted: the previous process died")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.contains("superseded: the stored chain is not the one the interrupted call spent"),
+        "{log}"
+    );
+    assert_eq!(sim.stats().totals.old_refresh_token_used, 1, "only beta's");
+    for secret in [&acme_rt, &beta_rt] {
+        assert!(!log.contains(secret.as_str()), "no token in the log");
+    }
+    let left: Vec<String> = std::fs::read_dir(&journal)
+        .expect("journal dir")
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            matches!(read_record(&path), Ok(Record::Intent(i)) if i.holder == dead_holder)
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    assert!(left.is_empty(), "planted intents dropped: {left:?}");
 }

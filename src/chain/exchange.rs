@@ -1,6 +1,7 @@
 //! The one transaction that spends a refresh token or an authorization code:
 //! 1. claim the chain with a conditional write (no claim, no call);
-//! 2. call the token endpoint once;
+//! 2. for a refresh, journal the intent (which chain is being spent), then call the token
+//!    endpoint once;
 //! 3. persist the answer before anything else, retrying while the process lives; overwrite
 //!    only what the call was entitled to replace (the chain it consumed, or for a consent
 //!    the rule the consent's ticket allows).
@@ -65,7 +66,12 @@ pub trait StateStore {
     /// Keeps a new chain somewhere durable before it is persisted (the token journal), so
     /// the death of the process before the write loses nothing. Default: nowhere.
     fn journal(&self, _state: &ConnectionState, _entitlement: Entitlement) {}
-    /// The journalled chain is persisted (or superseded): the journal may drop it.
+    /// A refresh is about to spend the chain whose refresh token has digest `chain` (the
+    /// claim is written; the call is next): kept durable so that a successor can tell the
+    /// call was in flight if this process dies before its answer. Default: nowhere.
+    fn intend(&self, _chain: &str, _holder: &str) {}
+    /// The journalled chain is persisted (or superseded), or the answer of an intended call
+    /// is in hand with nothing to keep: the journal may drop it.
     fn settle(&self) {}
 }
 
@@ -171,6 +177,9 @@ pub async fn exchange<S: StateStore + Sync, C: TokenCaller + Sync>(
         Err(WriteError::Other(e)) => return Err(e),
     };
 
+    if let Some(rt) = &consumed {
+        store.intend(&crate::state::digest(rt.expose_secret()), job.holder);
+    }
     let sent_at = Timestamp::now();
     let started = Instant::now();
     let outcome = match (grant, &consumed) {
@@ -198,6 +207,10 @@ pub async fn exchange<S: StateStore + Sync, C: TokenCaller + Sync>(
         code_grant: matches!(grant, ChainGrant::Code { .. }),
     };
     let (state, end) = on_outcome(state, outcome, &inputs);
+    if consumed.is_some() && end != End::Rotated {
+        // The answer is in hand and spends nothing new: the intent has told all it can.
+        store.settle();
+    }
     let done = |state, version| ExchangeEnd::Done {
         end: end.clone(),
         state,

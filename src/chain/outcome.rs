@@ -95,7 +95,12 @@ pub fn on_outcome(
         | TokenOutcome::RefreshTokenExpired
         | TokenOutcome::InvalidGrant(_)
         | TokenOutcome::InvalidClient(_) => {
-            let (reason, message) = dead_reason(&outcome);
+            let (reason, mut message) = dead_reason(&outcome);
+            if matches!(outcome, TokenOutcome::OldRefreshTokenUsed) {
+                if let Some(why) = lost_in_flight(&state) {
+                    message = why;
+                }
+            }
             state.times.recent_errors = record_error(&state.times.recent_errors, now);
             state.dead = Some(DeadChain {
                 reason: reason.into(),
@@ -168,6 +173,27 @@ pub fn apply_grant(
     state.claim = None;
     state.warning = warning;
     state.last_error = None;
+    // A new chain: an interruption of the old one explains nothing about it.
+    state.interrupted = None;
+}
+
+/// The account of an "Old refresh token used." answer when the journal replay found that a
+/// previous process died while its call spending this very chain was in flight: Exact
+/// rotated the chain and the answer died with that process (a lost response), rather than
+/// another party spending the token.
+fn lost_in_flight(state: &ConnectionState) -> Option<String> {
+    use secrecy::ExposeSecret;
+    let interrupted = state.interrupted.as_ref()?;
+    let spent = state.refresh_token.as_ref()?;
+    (crate::state::digest(spent.expose_secret()) == interrupted.chain).then(|| {
+        format!(
+            "Exact answered \"Old refresh token used.\": the chain was lost to a process death \
+             during the token call (operator process {} sent the refresh at {} and died \
+             before its answer; Exact rotated the chain, the answer was never received: a lost \
+             response, not another party); a new consent is needed",
+            interrupted.holder, interrupted.at
+        )
+    })
 }
 
 fn dead_reason(outcome: &TokenOutcome) -> (&'static str, String) {

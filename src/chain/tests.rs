@@ -20,6 +20,8 @@ struct FakeStore {
     inner: Mutex<StoreInner>,
     /// What `journal` holds (a token journal on local disk in production).
     journalled: Mutex<Option<(ConnectionState, Entitlement)>>,
+    /// The intent `intend` holds: (digest of the chain being spent, holder).
+    intended: Mutex<Option<(String, String)>>,
 }
 
 #[derive(Default)]
@@ -113,10 +115,16 @@ impl StateStore for FakeStore {
         Ok(i.version.to_string())
     }
     fn journal(&self, state: &ConnectionState, entitlement: Entitlement) {
+        // The answer replaces the intent of its call (the same journal file).
+        *self.intended.lock().expect("lock") = None;
         *self.journalled.lock().expect("lock") = Some((state.clone(), entitlement));
+    }
+    fn intend(&self, chain: &str, holder: &str) {
+        *self.intended.lock().expect("lock") = Some((chain.into(), holder.into()));
     }
     fn settle(&self) {
         *self.journalled.lock().expect("lock") = None;
+        *self.intended.lock().expect("lock") = None;
     }
 }
 
@@ -683,4 +691,140 @@ mod bootstrap_import {
             Decision::Call { restore: false }
         );
     }
+}
+
+/// A token endpoint that notes what the store's journal held when the call went out.
+struct Witness<'a> {
+    store: &'a FakeStore,
+    exact: &'a ScriptedExact,
+    intent_at_call: Mutex<Option<(String, String)>>,
+}
+
+impl TokenCaller for Witness<'_> {
+    async fn call(&self, grant: Grant<'_>) -> TokenOutcome {
+        *self.intent_at_call.lock().expect("lock") =
+            self.store.intended.lock().expect("lock").clone();
+        self.exact.call(grant).await
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_journals_its_intent_before_the_call_and_every_answer_drops_it() {
+    let store = FakeStore::with_token("rt-0");
+    let exact = ScriptedExact::new("rt-0");
+    let witness = Witness {
+        store: &store,
+        exact: &exact,
+        intent_at_call: Mutex::new(None),
+    };
+    let p = policy();
+    let end = exchange(
+        &store,
+        &witness,
+        store.snapshot(),
+        ChainGrant::Refresh,
+        &job("a", &p),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(
+            end,
+            ExchangeEnd::Done {
+                end: End::Rotated,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert_eq!(
+        witness.intent_at_call.lock().expect("lock").clone(),
+        Some((crate::state::digest("rt-0"), "a".to_string())),
+        "the intent names the spent chain (by digest) and the holder before the call"
+    );
+    assert_eq!(
+        *store.intended.lock().expect("lock"),
+        None,
+        "answered: dropped"
+    );
+    // A refused refresh (the chain was spent elsewhere) drops the intent too.
+    store.put(ConnectionState {
+        refresh_token: Some(SecretString::from("rt-0")),
+        ..Default::default()
+    });
+    let end = refresh(&store, &exact, "b").await;
+    assert!(
+        matches!(end, ExchangeEnd::Done { end: End::Dead, .. }),
+        "{end:?}"
+    );
+    assert_eq!(*store.intended.lock().expect("lock"), None);
+}
+
+/// An "Old refresh token used." on a chain whose refresh the journal replay found
+/// interrupted names the lost response; on any other chain it keeps the usual account.
+#[tokio::test]
+async fn old_token_used_after_an_interrupted_refresh_names_the_lost_response() {
+    for (interrupted_chain, in_flight) in [("rt-0", true), ("rt-other", false)] {
+        let exact = ScriptedExact::new("rt-0");
+        // The interrupted call reached Exact: rt-0 is retired, its answer died.
+        let _ = exact
+            .call(Grant::RefreshToken(&SecretString::from("rt-0")))
+            .await;
+        let store = FakeStore::default();
+        store.put(ConnectionState {
+            refresh_token: Some(SecretString::from("rt-0")),
+            interrupted: Some(crate::state::InterruptedRefresh {
+                chain: crate::state::digest(interrupted_chain),
+                at: jiff::Timestamp::now(),
+                holder: "op-0-dead".into(),
+            }),
+            ..Default::default()
+        });
+        let end = refresh(&store, &exact, "op-1").await;
+        let ExchangeEnd::Done {
+            end: End::Dead,
+            state,
+            ..
+        } = end
+        else {
+            panic!("{end:?}");
+        };
+        let message = state.dead.map(|d| d.message).unwrap_or_default();
+        assert!(message.contains("Old refresh token used."), "{message}");
+        assert_eq!(
+            message.contains("lost to a process death during the token call"),
+            in_flight,
+            "{message}"
+        );
+        assert_eq!(message.contains("op-0-dead"), in_flight, "{message}");
+        assert!(!message.contains("rt-0"), "never the token: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_chain_forgets_the_interruption_of_the_old_one() {
+    let store = FakeStore::default();
+    store.put(ConnectionState {
+        refresh_token: Some(SecretString::from("rt-0")),
+        interrupted: Some(crate::state::InterruptedRefresh {
+            chain: crate::state::digest("rt-0"),
+            at: jiff::Timestamp::now(),
+            holder: "op-0-dead".into(),
+        }),
+        ..Default::default()
+    });
+    // The interrupted call never reached Exact: the chain goes on.
+    let exact = ScriptedExact::new("rt-0");
+    let end = refresh(&store, &exact, "op-1").await;
+    assert!(
+        matches!(
+            end,
+            ExchangeEnd::Done {
+                end: End::Rotated,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert_eq!(store.stored().interrupted, None);
 }

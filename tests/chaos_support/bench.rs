@@ -57,6 +57,13 @@ pub struct Kill {
     /// Connections whose unpersisted answer was in the journal the pod took with it (they
     /// are in `lost` too).
     pub in_lost_journal: Vec<String>,
+    /// Lost connections (in `lost` too) whose journal held the intent of a call spending
+    /// the stored chain: the kill fell while the token request was in flight (Exact
+    /// rotated, the answer died with the process), the lost-response class.
+    pub in_flight: Vec<String>,
+    /// Lost connections (in `lost` too) whose journal held neither the answer nor an intent
+    /// for the stored chain: an answer the journal failed to hold.
+    pub answer_lost: Vec<String>,
     /// Connections held by the journal at an earlier kill and still not persisted now: the
     /// replay did not happen (a failure).
     pub unreplayed: Vec<String>,
@@ -338,17 +345,28 @@ impl Bench {
                 kill.unreplayed.push(n);
                 continue;
             }
-            let in_journal = journal.join(format!("{}_{n}.json", self.ns)).exists();
-            match (in_journal, self.journal_fate) {
-                (true, JournalFate::Kept) => {
+            let file = journal.join(format!("{}_{n}.json", self.ns));
+            let stored_chain = observed_chain(&self.observer.get(), &n);
+            match (
+                journalled(&file, stored_chain.as_deref()),
+                self.journal_fate,
+            ) {
+                (Journalled::Answer, JournalFate::Kept) => {
                     self.held.insert(n.clone(), grants(&n));
                     kill.held.push(n);
                 }
-                (true, JournalFate::LostWithProcess) => {
+                (Journalled::Answer, JournalFate::LostWithProcess) => {
                     kill.in_lost_journal.push(n.clone());
                     kill.lost.push(n);
                 }
-                (false, _) => kill.lost.push(n),
+                (Journalled::Intent, _) => {
+                    kill.in_flight.push(n.clone());
+                    kill.lost.push(n);
+                }
+                (Journalled::Neither, _) => {
+                    kill.answer_lost.push(n.clone());
+                    kill.lost.push(n);
+                }
             }
         }
         if self.journal_fate == JournalFate::LostWithProcess {
@@ -460,6 +478,35 @@ impl Bench {
             wall: self.started.elapsed(),
         }
     }
+}
+
+/// What a killed process's journal file held for a connection.
+enum Journalled {
+    /// The unpersisted answer.
+    Answer,
+    /// The intent of a call spending the stored chain.
+    Intent,
+    /// Nothing that explains the loss.
+    Neither,
+}
+
+fn journalled(file: &Path, stored_chain: Option<&str>) -> Journalled {
+    use exact_operator::journal::{read_record, Record};
+    match read_record(file) {
+        Ok(Record::Answer(_)) => Journalled::Answer,
+        Ok(Record::Intent(i))
+            if stored_chain.map(exact_operator::state::digest) == Some(i.chain.clone()) =>
+        {
+            Journalled::Intent
+        }
+        _ => Journalled::Neither,
+    }
+}
+
+/// The refresh token the state Secret of `name` held at the last read (tokens never repeat,
+/// so the last one first seen is the current one).
+fn observed_chain(observed: &Observed, name: &str) -> Option<String> {
+    observed.conns.get(name)?.refresh_tokens.last().cloned()
 }
 
 /// Seeds a chain in exact-sim (its own division, so no two connections share Exact's

@@ -214,6 +214,11 @@ pub struct Windows {
     pub sent: Vec<Duration>,
     /// Journal entry durable to persisting PUT answered.
     pub done: Vec<Duration>,
+    /// Writing a refresh's intent (temp file, fsync, rename, directory fsync).
+    pub intent: Vec<Duration>,
+    /// Intent durable to answer durable: the call in flight as the journal sees it (a kill
+    /// in it leaves the intent, never the answer).
+    pub in_flight: Vec<Duration>,
 }
 
 /// Reads the windows out of the log files (one process each, lines in time order).
@@ -238,7 +243,16 @@ pub fn persist_windows(logs: &[PathBuf]) -> Windows {
                 continue;
             };
             let fields = &v["fields"];
+            if fields["message"] == "token journal: intent written" {
+                if let Some(micros) = fields["micros"].as_u64() {
+                    w.intent.push(Duration::from_micros(micros));
+                }
+                continue;
+            }
             if fields["message"] == "token journal: entry written" {
+                if let Some(micros) = fields["in_flight_micros"].as_u64() {
+                    w.in_flight.push(Duration::from_micros(micros));
+                }
                 if let (Some(conn), Some(micros)) =
                     (fields["connection"].as_str(), fields["micros"].as_u64())
                 {
@@ -286,6 +300,8 @@ pub fn persist_windows(logs: &[PathBuf]) -> Windows {
     w.journal.sort();
     w.sent.sort();
     w.done.sort();
+    w.intent.sort();
+    w.in_flight.sort();
     w
 }
 
