@@ -96,12 +96,13 @@ fn token_calls(log: &Path, from: usize) -> Vec<(String, String)> {
         .filter_map(|v| {
             let f = v.get("fields")?;
             let msg = f.get("message")?.as_str()?;
-            msg.starts_with("token call").then(|| {
-                (
-                    f.get("connection")?.as_str()?.to_string(),
-                    f.get("outcome")?.as_str()?.to_string(),
-                )
-            })?
+            if !msg.starts_with("token call") {
+                return None;
+            }
+            Some((
+                f.get("connection")?.as_str()?.to_string(),
+                f.get("outcome")?.as_str()?.to_string(),
+            ))
         })
         .collect()
 }
@@ -217,8 +218,10 @@ async fn three_replicas_share_six_shards_and_take_over_after_sigkill() {
         held,
         "no flapping while balanced"
     );
+    let mut logged: BTreeSet<String> = BTreeSet::new();
     for (pod, (log, from)) in pods.iter().zip(logs.iter().zip(&marks)) {
         for (conn, outcome) in token_calls(log, *from) {
+            logged.insert(conn.clone());
             let shard = shard_by_name.get(&conn).copied();
             let holder = shard.and_then(|s| held.get(&s));
             assert_eq!(
@@ -233,6 +236,7 @@ async fn three_replicas_share_six_shards_and_take_over_after_sigkill() {
             refresh_ok(&sim, n) >= before[n] + 1,
             "{n} refreshed while balanced"
         );
+        assert!(logged.contains(n), "{n}: its holder logged its token calls");
     }
 
     // SIGKILL the holder of shard 0: the two survivors take 3 each.

@@ -127,18 +127,32 @@ impl Keeper {
     /// One tick: renew membership, list, plan, write; newly held shards are reconciled at
     /// once, lost or released ones stop being worked on (released: before the write).
     pub(super) async fn tick(&mut self) {
+        // A lost race for a free shard is decided again at once on a fresh listing (a few
+        // rounds at most), so a takeover is not delayed by a tick per collision.
+        for round in 0..3 {
+            if !self.round(round == 0).await {
+                break;
+            }
+        }
+    }
+
+    /// One listing and its plan; true when an acquisition lost a race and the share is not
+    /// reached yet.
+    async fn round(&mut self, renew_membership: bool) -> bool {
         let listed = match self.list().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "sharding: listing the shard Leases failed; retrying next tick");
-                return;
+                return false;
             }
         };
         let by_name: BTreeMap<String, Lease> = listed
             .into_iter()
             .filter_map(|l| Some((l.metadata.name.clone()?, l)))
             .collect();
-        self.renew_membership(by_name.get(&self.member)).await;
+        if renew_membership {
+            self.renew_membership(by_name.get(&self.member)).await;
+        }
         let snapshot = snapshot(&by_name);
         // A shard held here that the listing shows with another holder (or gone) was lost.
         let mut lost = Vec::new();
@@ -161,6 +175,8 @@ impl Keeper {
             &self.rules(),
         );
         let mut acquired = Vec::new();
+        let mut raced = false;
+        let share = decided.share as usize;
         for step in decided.steps {
             let started = Instant::now();
             let until = started + self.settings.duration;
@@ -197,6 +213,7 @@ impl Keeper {
                             acquired.push(shard);
                         }
                         Err(e) if is_conflict(&e) => {
+                            raced = true;
                             tracing::debug!(
                                 shard,
                                 "sharding: another replica took shard {shard} first"
@@ -243,6 +260,7 @@ impl Keeper {
             .set(i64::try_from(self.ownership.held().len()).unwrap_or(i64::MAX));
         super::forget_shards(&self.ctx, &self.ownership, &lost);
         super::reconcile_shards(&self.ctx, &self.ownership, &acquired);
+        raced && self.ownership.held().len() < share
     }
 
     /// Writes shard Lease `name` held by this replica (`hold`) or released: over `base`, the
