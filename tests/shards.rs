@@ -288,6 +288,37 @@ async fn three_replicas_share_six_shards_and_take_over_after_sigkill() {
         longest <= bound,
         "a connection went without a valid token for {longest:?} (takeover bound {bound:?})"
     );
+
+    // SIGTERM releases the Leases after the refreshes in flight: the last replica takes all
+    // six at its next tick, long before they would run out (>= 4 s left at exit).
+    let leaving = pods.iter().position(|p| *p != victim).expect("a survivor");
+    let (status, _) = procs[leaving]
+        .sigterm(Duration::from_secs(20))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "clean exit: {status:?}");
+    let exited = Instant::now();
+    let last = pods
+        .iter()
+        .find(|p| **p != victim && **p != pods[leaving])
+        .expect("the last replica")
+        .to_string();
+    let all = support::wait_for(Duration::from_secs(20), || async {
+        let h = holders(&admin, &ns).await;
+        (h.len() == SHARDS as usize && h.values().all(|v| *v == last)).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "{last} holds every shard: {:?}",
+        holders(&admin, &ns).await
+    );
+    let handover = exited.elapsed();
+    println!("handover after SIGTERM: {handover:?}");
+    assert!(
+        handover <= TICK + Duration::from_millis(1500),
+        "released on SIGTERM, not left to run out: {handover:?}"
+    );
     let totals = sim.stats().totals;
     assert_eq!(
         totals.old_refresh_token_used, 0,
