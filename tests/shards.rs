@@ -233,7 +233,7 @@ async fn three_replicas_share_six_shards_and_take_over_after_sigkill() {
     }
     for n in &names {
         assert!(
-            refresh_ok(&sim, n) >= before[n] + 1,
+            refresh_ok(&sim, n) > before[n],
             "{n} refreshed while balanced"
         );
         assert!(logged.contains(n), "{n}: its holder logged its token calls");

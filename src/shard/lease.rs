@@ -156,7 +156,7 @@ impl Keeper {
         let snapshot = snapshot(&by_name);
         // A shard held here that the listing shows with another holder (or gone) was lost.
         let mut lost = Vec::new();
-        for shard in self.ownership.held() {
+        for shard in self.ownership.known() {
             let ours = snapshot
                 .shards
                 .get(&shard)

@@ -119,6 +119,15 @@ impl Ownership {
         v
     }
 
+    /// Every shard with an entry, also those whose lease ran out by the local clock (they
+    /// are dropped, and their series forgotten, once the listing shows another holder).
+    fn known(&self) -> Vec<u32> {
+        self.held
+            .read()
+            .map(|h| h.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     fn hold(&self, shard: u32, until: Instant) {
         if let Ok(mut h) = self.held.write() {
             h.insert(shard, until);
