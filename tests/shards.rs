@@ -27,6 +27,10 @@ const LEASE: Duration = Duration::from_secs(6);
 const TICK: Duration = Duration::from_secs(2);
 
 fn spawn(ns: &str, pod: &str, log: &Path) -> OperatorProcess {
+    spawn_with(ns, pod, log, &[])
+}
+
+fn spawn_with(ns: &str, pod: &str, log: &Path, extra: &[String]) -> OperatorProcess {
     let addr = free_loopback_addr().expect("free port").to_string();
     OperatorCommand::new(
         env!("CARGO_BIN_EXE_exact-operator"),
@@ -45,6 +49,7 @@ fn spawn(ns: &str, pod: &str, log: &Path) -> OperatorProcess {
     .args(["--max-errors-per-hour", "100"])
     .args(["--shards", &SHARDS.to_string()])
     .args(["--shard-lease-seconds", &LEASE.as_secs().to_string()])
+    .args(extra.iter().cloned())
     .spawn()
     .expect("spawn exact-operator")
 }
@@ -326,6 +331,100 @@ async fn three_replicas_share_six_shards_and_take_over_after_sigkill() {
     );
     assert_eq!(totals.too_early, 0);
     drop(procs);
+}
+
+/// The OAuth callback may land on a replica that does not hold the connection's shard (a
+/// Service spreads requests): its local trigger is gated there, yet the connection must be
+/// published at once, not at the holder's next recheck (60 s). (It is: the stored chain's
+/// workload Secret, written by the callback's replica, triggers the holder.)
+#[tokio::test]
+async fn a_consent_landing_on_the_other_replica_is_published_at_once() {
+    let oauth = [
+        free_loopback_addr().expect("free port"),
+        free_loopback_addr().expect("free port"),
+    ];
+    let cfg = exact_sim::SimConfig {
+        auto_consent: true,
+        ..fast_sim()
+    };
+    let TestEnv {
+        admin,
+        ns,
+        sim: _sim,
+    } = test_env(
+        cfg,
+        serde_json::json!({"redirectUri": format!("http://{}/oauth2/callback", oauth[0])}),
+    )
+    .await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("shards-{ns}"));
+    let pods = ["op-a", "op-b"];
+    let _procs: Vec<OperatorProcess> = pods
+        .iter()
+        .zip(&oauth)
+        .map(|(p, addr)| {
+            let extra = [
+                "--oauth-addr".to_string(),
+                addr.to_string(),
+                "--public-url".to_string(),
+                format!("http://{addr}"),
+            ];
+            spawn_with(&ns, p, &dir.join(format!("{p}.log")), &extra)
+        })
+        .collect();
+    let balanced = support::wait_for(Duration::from_secs(60), || async {
+        let h = holders(&admin, &ns).await;
+        let c = per_holder(&h);
+        (h.len() == SHARDS as usize && c.len() == 2 && c.values().all(|n| *n == 3)).then_some(h)
+    })
+    .await;
+    let held = balanced.expect("3 + 3 shards");
+    put_unauthorized_connection(&admin, &ns, "consent").await;
+    let conns: Api<ExactConnection> = Api::namespaced(admin.clone(), &ns);
+    let start = support::wait_for(Duration::from_secs(30), || async {
+        conns.get("consent").await.ok()?.status?.authorization_url
+    })
+    .await
+    .expect("status.authorizationUrl");
+    let uid = conns
+        .get("consent")
+        .await
+        .expect("connection")
+        .metadata
+        .uid
+        .expect("uid");
+    let owner = held[&shard_of(&uid, SHARDS)].clone();
+    let other = if owner == pods[0] { oauth[1] } else { oauth[0] };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let location = |r: reqwest::Response| {
+        r.headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_string)
+            .expect("redirect")
+    };
+    let to_exact = location(http.get(&start).send().await.expect("start"));
+    let callback = location(http.get(&to_exact).send().await.expect("consent"));
+    // The callback reaches the replica that does not hold the connection.
+    let mut callback = url::Url::parse(&callback).expect("callback url");
+    callback.set_port(Some(other.port())).expect("port");
+    let page = http.get(callback.as_str()).send().await.expect("callback");
+    assert_eq!(page.status().as_u16(), 200, "callback accepted");
+    let answered = Instant::now();
+    wait_reason(
+        &admin,
+        &ns,
+        "consent",
+        "TokenPublished",
+        Duration::from_secs(15),
+    )
+    .await;
+    println!(
+        "consent on the replica without the shard ({owner} holds it): published after {:?}",
+        answered.elapsed()
+    );
 }
 
 fn refresh_ok(sim: &Sim, name: &str) -> u64 {
