@@ -77,6 +77,8 @@ pub struct Context {
     pub journal: Option<std::sync::Arc<crate::journal::Journal>>,
     /// Signs start tickets and OAuth states (None: no consent links are issued).
     pub consent_key: Option<crate::consent::SigningKey>,
+    /// The shards this replica holds (None: no sharding, this process owns everything).
+    pub shards: Option<std::sync::Arc<crate::shard::Ownership>>,
     http: Mutex<HashMap<String, reqwest::Client>>,
 }
 
@@ -101,6 +103,7 @@ impl Context {
             caches: Default::default(),
             consent_key: None,
             journal: None,
+            shards: None,
             http: Mutex::new(HashMap::new()),
         }
     }

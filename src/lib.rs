@@ -26,6 +26,7 @@ pub mod publish;
 pub mod resolve;
 pub mod schedule;
 pub mod secrets;
+pub mod shard;
 pub mod startup;
 pub mod state;
 pub mod state_store;

@@ -66,9 +66,26 @@ struct Args {
     #[arg(long, env = "EXACT_JOURNAL_DIR")]
     journal_dir: Option<std::path::PathBuf>,
     /// Run the controllers only while holding the Lease `exact-operator-leader` in the
-    /// operator namespace (use with more than one replica).
-    #[arg(long, env = "EXACT_LEADER_ELECT")]
+    /// operator namespace (use with more than one replica): one replica works, the others
+    /// stand by. This is sharding's one-shard special case; see --shards.
+    #[arg(long, env = "EXACT_LEADER_ELECT", conflicts_with = "shards")]
     leader_elect: bool,
+    /// Spread the work over this many shards (by a stable hash of each object's UID), each
+    /// held by one replica through the Lease `exact-operator-shard-<i>` in the operator
+    /// namespace; every replica takes a fair share (ceil(shards / replicas)) and takes over
+    /// a dead replica's shards when their Leases run out. Without it this process works on
+    /// everything. Exclusive with --leader-elect (the one-shard case with a standby).
+    #[arg(long, env = "EXACT_SHARDS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    shards: Option<u32>,
+    /// Holder identity in the shard Leases (default: POD_NAME, so a restarted container of
+    /// the same pod resumes its shards at once; else HOSTNAME). Set it when several
+    /// processes share a host or pod name (tests).
+    #[arg(long, env = "EXACT_SHARD_IDENTITY", requires = "shards")]
+    shard_identity: Option<String>,
+    /// Seconds a shard Lease lasts without renewal: a dead replica's shards are taken over
+    /// within it plus a tick (a third of it), up to --shard-lease-seconds * 4/3.
+    #[arg(long, env = "EXACT_SHARD_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    shard_lease_seconds: u64,
     /// After each write of a workload Secret, patch the annotation
     /// exact-operator.io/token-published-at on the pods of its namespace labelled
     /// exact-operator.io/refresh-mounts=<secret name>, so the kubelet refreshes their Secret
@@ -111,6 +128,9 @@ async fn main() -> anyhow::Result<()> {
         ..Settings::default()
     };
     let mut ctx = Context::new(client, identity(), settings, metrics.clone());
+    if let Some(n) = args.shards {
+        ctx.shards = Some(Arc::new(exact_operator::shard::Ownership::new(n)));
+    }
     if args.oauth_addr.is_some() || ctx.settings.public_url.is_some() {
         // One key for every replica: start tickets in status and states at the callback.
         let key = exact_operator::oauth::key::load_or_create(&ctx.client, &args.operator_namespace)
@@ -157,7 +177,21 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     health.set_ready(true);
-    if args.leader_elect {
+    if let Some(shards) = args.shards {
+        let duration = std::time::Duration::from_secs(args.shard_lease_seconds);
+        let settings = exact_operator::shard::ShardSettings {
+            shards,
+            namespace: args.operator_namespace.clone(),
+            identity: exact_operator::shard::holder_identity(
+                args.shard_identity.as_deref(),
+                &ctx.identity,
+            ),
+            duration,
+            tick: duration / 3,
+        };
+        metrics.is_leader.set(1);
+        exact_operator::shard::run_sharded(ctx, settings, shutdown_signal()).await?;
+    } else if args.leader_elect {
         let lease = exact_operator::leader::LeaseSettings {
             namespace: args.operator_namespace.clone(),
             ..Default::default()

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub journal_write: Histogram,
     /// 1 while this process runs the controllers (leader, or leader election off).
     pub is_leader: Gauge,
+    /// Shard Leases this replica holds (`--shards`; `crate::shard`).
+    pub shards_held: Gauge,
     /// OAuth requests refused by the per-client-IP rate limit, by route.
     pub oauth_rate_limited: Family<RouteLabel, Counter>,
     /// Pod nudges after a token publish (`crate::nudge`), by outcome: patched, failed.
@@ -132,6 +134,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             journal_write: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
             is_leader: Gauge::default(),
+            shards_held: Gauge::default(),
             oauth_rate_limited: Family::default(),
             pod_nudges: Family::default(),
             webhook_messages: Family::default(),
@@ -173,6 +176,11 @@ impl Default for Metrics {
             "is_leader",
             "1 while this process runs the controllers",
             m.is_leader.clone(),
+        );
+        r.register(
+            "shards_held",
+            "Shard Leases this replica holds (--shards)",
+            m.shards_held.clone(),
         );
         r.register(
             "oauth_rate_limited",
@@ -292,6 +300,29 @@ impl Metrics {
                 reason: reason.into(),
             })
             .set(1);
+    }
+
+    /// Drops a connection's series: another replica works on it now (its shard moved).
+    pub fn forget_connection(&self, namespace: &str, name: &str) {
+        let key = ConnectionLabel {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.access_expiry.remove(&key);
+        self.refresh_expiry.remove(&key);
+        self.next_refresh.remove(&key);
+        if let Some(old) = self
+            .current_reason
+            .lock()
+            .ok()
+            .and_then(|mut cur| cur.remove(&key))
+        {
+            self.reasons.remove(&ReasonLabel {
+                namespace: key.namespace,
+                name: key.name,
+                reason: old,
+            });
+        }
     }
 
     /// Renders the text exposition format.

@@ -17,7 +17,9 @@
 //! e. token-endpoint faults: 20 % 500s, 10 % empty bodies, 2 s latency;
 //! f. lost token responses (rotated at Exact, never delivered);
 //! g. SIGKILLs with the journal deleted with the process (pod deletion, node loss): a kill
-//!    between Exact's answer and the state write may lose that chain, nothing else.
+//!    between Exact's answer and the state write may lose that chain, nothing else;
+//! h. three replicas with `--shards 6`, one SIGKILLed at random and replaced by a new pod
+//!    (`chaos_support::shards`): the survivors take its shards over within the Lease.
 //!
 //! Every process runs with `--journal-dir` (on tmpfs, like the chart's memory emptyDir).
 //! A third of the kills of (a) and (g) fall at random moments, a third 0-40 ms after Exact
@@ -94,6 +96,9 @@ async fn chaos_suite() {
     }
     if Size::selected('g') {
         rows.push(sigkills(&size, JournalFate::LostWithProcess, &out).await);
+    }
+    if Size::selected('h') {
+        rows.push(chaos_support::shards::replica_kills(&size, &out).await);
     }
     let title = format!(
         "Chaos suite, {} size, {} connections per scenario (suite run time {})",

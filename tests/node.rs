@@ -83,6 +83,9 @@ fn release_values(env: &NodeEnv, extra: serde_json::Value) -> std::path::PathBuf
         "image": {"repository": OPERATOR_IMAGE_REPOSITORY, "tag": OPERATOR_IMAGE_TAG, "pullPolicy": "Never"},
         "hostNetwork": true,
         "nudgeMountingPods": true,
+        // The chart shards by default; this test covers leader election (the one-shard case).
+        "leaderElection": {"enabled": true},
+        "sharding": {"shards": 0, "leaseSeconds": 15},
         // Another process on this host may hold 8080.
         "metrics": {"port": free_port()},
         "extraEnv": env.api_env(),

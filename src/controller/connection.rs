@@ -33,6 +33,10 @@ use std::time::Duration;
 const MANAGED_LIST_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Another replica's shard: no API call. Acquiring the shard reconciles it at once.
+    if !crate::shard::owns(&ctx, &*conn) {
+        return Ok(Action::await_change());
+    }
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
     let outcome = run(&conn, &ctx).await;

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod observe;
 pub mod operator;
 pub mod report;
+pub mod shards;
 
 use rand::Rng;
 use std::sync::{Arc, Mutex};

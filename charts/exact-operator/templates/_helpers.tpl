@@ -82,6 +82,9 @@ Checks across values that the schema cannot express well; fails the render with 
 {{- if and .Values.oauth.ingress.enabled (not .Values.oauth.enabled) }}
 {{- fail "oauth.ingress.enabled needs oauth.enabled: the Ingress routes to the OAuth port" }}
 {{- end }}
+{{- if and .Values.leaderElection.enabled (gt (int .Values.sharding.shards) 0) }}
+{{- fail "leaderElection.enabled and sharding.shards are exclusive (leader election is the one-shard case with a standby): set sharding.shards: 0 to use leader election, or leaderElection.enabled: false to shard" }}
+{{- end }}
 {{- if eq (int .Values.metrics.port) (int .Values.oauth.port) }}
 {{- fail "metrics.port and oauth.port must differ" }}
 {{- end }}
