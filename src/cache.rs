@@ -9,7 +9,7 @@
 
 use crate::chain::Stored;
 use crate::crd::{DivisionInfo, ExactConnection, ExactConnectionStatus, ExactOAuthClient};
-use crate::secrets::{key_of, read_key_versioned, RefError};
+use crate::secrets::{key_of, RefError};
 use crate::state::ConnectionState;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Secret;
@@ -20,7 +20,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-type KeyId = (String, String, String);
+/// A Secret reduced to what key lookups need: its data (no metadata, no managedFields).
+fn data_only(secret: Secret) -> Secret {
+    Secret {
+        data: secret.data,
+        ..Secret::default()
+    }
+}
+
+/// The least time a Secret read from the API server stays in memory for reuse.
+const VALUE_KEEP: Duration = Duration::from_secs(3600);
 type SecretId = (String, String);
 
 /// The caches; stores are installed by each controller run (they change with leadership).
@@ -29,7 +38,8 @@ pub struct Caches {
     clients: RwLock<Option<Store<ExactOAuthClient>>>,
     managed: RwLock<Option<Store<Secret>>>,
     watched: RwLock<HashMap<SecretId, Store<Secret>>>,
-    values: Mutex<HashMap<KeyId, (Instant, SecretString)>>,
+    /// Secrets read from the API server (their data only): when, how long they are kept.
+    values: Mutex<HashMap<SecretId, (Instant, Duration, Arc<Secret>)>>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
     peers: PeerCaches,
     own_writes: Mutex<HashMap<SecretId, String>>,
@@ -221,8 +231,9 @@ impl Caches {
         ))
     }
 
-    /// Reads a Secret key: from the Secret's own watch when it has one, else from the value
-    /// read less than `ttl` ago, else from the API server (errors are not cached).
+    /// Reads a Secret key: from the Secret's own watch when it has one, else from the Secret
+    /// read less than `ttl` ago (one read serves all its keys), else from the API server
+    /// (errors and missing Secrets are not cached).
     pub async fn secret_key(
         &self,
         api: &Api<Secret>,
@@ -234,21 +245,37 @@ impl Caches {
         if let Some(found) = self.watched_key(namespace, name, key) {
             return found;
         }
-        let id = (namespace.to_string(), name.to_string(), key.to_string());
+        let id = (namespace.to_string(), name.to_string());
         if let Ok(values) = self.values.lock() {
-            if let Some((at, v)) = values.get(&id) {
+            if let Some((at, _, secret)) = values.get(&id) {
                 if at.elapsed() < ttl {
-                    return Ok(v.clone());
+                    return key_of(Some(secret), namespace, name, key);
                 }
             }
         }
-        let (value, _) = read_key_versioned(api, namespace, name, key).await?;
-        if let Ok(mut values) = self.values.lock() {
-            // Values of Secrets nobody asks for any more go with their TTL.
-            values.retain(|_, (at, _)| at.elapsed() < ttl);
-            values.insert(id, (Instant::now(), value.clone()));
+        tracing::debug!(
+            namespace,
+            secret = name,
+            ttl_ms = ttl.as_millis() as u64,
+            "reading a Secret from the API server"
+        );
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|source| RefError::Api {
+                namespace: namespace.into(),
+                name: name.into(),
+                source,
+            })?
+            .map(|s| Arc::new(data_only(s)));
+        if let (Some(secret), Ok(mut values)) = (&secret, self.values.lock()) {
+            // Secrets nobody asks for any more go once older than they may be reused for.
+            // (Not by this caller's TTL: a read afresh, TTL 0, must not evict what every
+            // other connection still reuses; and its fresh value serves later callers.)
+            values.retain(|_, (at, kept_for, _)| at.elapsed() < *kept_for);
+            values.insert(id, (Instant::now(), ttl.max(VALUE_KEEP), secret.clone()));
         }
-        Ok(value)
+        key_of(secret.as_deref(), namespace, name, key)
     }
 
     /// Remembers that this process wrote managed Secret `name` at resourceVersion `rv`.

@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Reconciles one connection.
+/// How old a Secret read in this reconcile may be to serve its other keys.
+const JUST_READ: Duration = Duration::from_secs(5);
+
 /// How long a reconcile after a start waits for the managed-Secret watch's first list
 /// before it reads from the API server instead.
 const MANAGED_LIST_WAIT: Duration = Duration::from_secs(10);
@@ -215,7 +218,9 @@ async fn import(
         return Ok((stored, false));
     };
     let ns = conn.namespace().unwrap_or_default();
-    let read = |key| optional_key(ctx, handle, &ns, &bref.name, key, recheck);
+    // The Secret was read for its refresh token a moment ago: that read serves these keys.
+    let just_read = recheck.max(JUST_READ);
+    let read = |key| optional_key(ctx, handle, &ns, &bref.name, key, just_read);
     let access = chain::BootstrapAccess {
         access_token: read("access_token").await?,
         expires_at: read("expires_at").await?,
