@@ -32,6 +32,9 @@ fn data_only(secret: Secret) -> Secret {
 const VALUE_KEEP: Duration = Duration::from_secs(3600);
 type SecretId = (String, String);
 
+/// A Secret read from the API server: when, how long it may be kept, its data.
+type ReadSecret = (Instant, Duration, Arc<Secret>);
+
 /// The caches; stores are installed by each controller run (they change with leadership).
 #[derive(Default)]
 pub struct Caches {
@@ -39,7 +42,7 @@ pub struct Caches {
     managed: RwLock<Option<Store<Secret>>>,
     watched: RwLock<HashMap<SecretId, Store<Secret>>>,
     /// Secrets read from the API server (their data only): when, how long they are kept.
-    values: Mutex<HashMap<SecretId, (Instant, Duration, Arc<Secret>)>>,
+    values: Mutex<HashMap<SecretId, ReadSecret>>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
     peers: PeerCaches,
     own_writes: Mutex<HashMap<SecretId, String>>,
@@ -309,11 +312,18 @@ impl Caches {
     /// The status last written for the connection with `uid`, when it is fresher than the
     /// one seen at `seen_rv` (the watch cache lags behind our own writes; a newer
     /// resourceVersion means someone else wrote since, and then the object's status wins).
+    /// Once the watch has caught up, the entry goes: the object's own status serves then,
+    /// so this holds only the few statuses the watch has not shown yet (not one per
+    /// connection for the life of the process).
     pub fn last_status(&self, uid: &str, seen_rv: Option<&str>) -> Option<ExactConnectionStatus> {
-        let statuses = self.statuses.lock().ok()?;
+        let mut statuses = self.statuses.lock().ok()?;
         let (written_rv, status) = statuses.get(uid)?;
         let seen: u64 = seen_rv?.parse().ok()?;
-        (seen <= *written_rv).then(|| status.clone())
+        if seen < *written_rv {
+            return Some(status.clone());
+        }
+        statuses.remove(uid);
+        None
     }
 
     /// Remembers a status written at resourceVersion `rv`.
@@ -368,5 +378,41 @@ impl Caches {
         if let Ok(mut d) = self.peers.divisions.lock() {
             d.insert(uid.to_string(), found);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(division: i64) -> ExactConnectionStatus {
+        ExactConnectionStatus {
+            division: Some(division),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_written_status_serves_until_the_watch_shows_it_then_goes() {
+        let caches = Caches::default();
+        caches.remember_status("u", Some("10"), &status(7));
+        assert_eq!(
+            caches.last_status("u", Some("9")),
+            Some(status(7)),
+            "watch lags"
+        );
+        assert_eq!(caches.last_status("u", Some("10")), None, "watch caught up");
+        assert_eq!(
+            caches.last_status("u", Some("9")),
+            None,
+            "the entry is gone once the watch has shown the write"
+        );
+        caches.remember_status("u", Some("12"), &status(8));
+        assert_eq!(
+            caches.last_status("u", Some("13")),
+            None,
+            "someone else wrote since"
+        );
+        assert_eq!(caches.last_status("u", Some("11")), None);
     }
 }

@@ -47,8 +47,15 @@ pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     let outcome = outcome?;
-    let requeue = outcome.requeue.or(Some(ctx.settings.recheck_interval));
+    let (requeue, requeue_at) = (outcome.requeue, outcome.requeue_at);
     write_status(&conn, &ctx, outcome).await?;
+    // A planned call is due at its moment, however long this reconcile's writes took.
+    let requeue = match requeue_at {
+        Some(at) => {
+            Some(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO))
+        }
+        None => requeue,
+    };
     Ok(Action::requeue(
         requeue
             .unwrap_or(ctx.settings.recheck_interval)

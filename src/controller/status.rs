@@ -52,6 +52,9 @@ pub struct Outcome {
     pub handled_reauthorize: Option<String>,
     /// When to reconcile again.
     pub requeue: Option<Duration>,
+    /// The same as a moment (a planned call): the requeue is measured from the end of the
+    /// reconcile, so the writes after planning do not push every refresh later.
+    pub requeue_at: Option<Timestamp>,
     /// This connection's token calls in the rolling 24 h.
     pub token_calls24h: Option<u32>,
 }
@@ -102,6 +105,7 @@ impl Outcome {
         self.next_refresh_time = Some(due);
         let wait = due.duration_since(now);
         self.requeue = Some(Duration::try_from(wait).unwrap_or(Duration::ZERO));
+        self.requeue_at = Some(due);
         self
     }
 }
