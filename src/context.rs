@@ -78,7 +78,7 @@ pub struct Context {
     /// Signs start tickets and OAuth states (None: no consent links are issued).
     pub consent_key: Option<crate::consent::SigningKey>,
     /// The shards this replica holds (None: no sharding, this process owns everything).
-    pub shards: Option<std::sync::Arc<crate::shard::Ownership>>,
+    pub shards: Option<std::sync::Arc<crate::shard::ownership::Ownership>>,
     http: Mutex<HashMap<String, reqwest::Client>>,
 }
 

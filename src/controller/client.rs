@@ -47,8 +47,8 @@ async fn verdict(
 /// Reconciles one client.
 pub async fn reconcile(client: Arc<ExactOAuthClient>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Another replica's shard writes this status; look again in case the shard moves here.
-    if !crate::shard::owns(&ctx, &*client) {
-        return Ok(Action::requeue(crate::shard::UNOWNED_RECHECK));
+    if !crate::shard::ownership::owns(ctx.shards.as_deref(), &*client) {
+        return Ok(Action::requeue(crate::shard::ownership::UNOWNED_RECHECK));
     }
     let (ok, why, message) = verdict(&client, &ctx).await?;
     let prev = client.status.clone().unwrap_or_default();

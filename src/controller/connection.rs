@@ -37,7 +37,7 @@ const MANAGED_LIST_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Another replica's shard: no API call. Acquiring the shard reconciles it at once.
-    if !crate::shard::owns(&ctx, &*conn) {
+    if !crate::shard::ownership::owns(ctx.shards.as_deref(), &*conn) {
         return Ok(Action::await_change());
     }
     ctx.metrics.reconciles.inc();

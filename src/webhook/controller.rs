@@ -113,8 +113,8 @@ fn error_policy(_obj: Arc<ExactWebhookSubscription>, err: &Error, ctx: Arc<Conte
 
 async fn reconcile(sub: Arc<ExactWebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Another replica's shard (and finalizer): look again in case the shard moves here.
-    if !crate::shard::owns(&ctx, &*sub) {
-        return Ok(Action::requeue(crate::shard::UNOWNED_RECHECK));
+    if !crate::shard::ownership::owns(ctx.shards.as_deref(), &*sub) {
+        return Ok(Action::requeue(crate::shard::ownership::UNOWNED_RECHECK));
     }
     let ns = sub.namespace().unwrap_or_default();
     let api: Api<ExactWebhookSubscription> = Api::namespaced(ctx.client.clone(), &ns);
