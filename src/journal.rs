@@ -419,17 +419,33 @@ fn unreadable(e: &serde_json::Error) -> String {
     format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
+/// The wait between replay attempts while the API server is unreachable: 200 ms, doubling
+/// up to 5 s.
+struct RetryDelay(Duration);
+
+impl Default for RetryDelay {
+    fn default() -> Self {
+        RetryDelay(Duration::from_millis(200))
+    }
+}
+
+impl RetryDelay {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Replays one entry through `store` (retrying while the store is unreachable); returns
 /// what was done.
 pub async fn replay_entry<S: StateStore>(store: &S, entry: &Entry, max_age: Duration) -> Replay {
-    let mut delay = Duration::from_millis(200);
+    let mut delay = RetryDelay::default();
     loop {
         let stored: Stored = match store.load().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(connection = %entry.connection, error = %e, "journal replay: reading state failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay.wait().await;
                 continue;
             }
         };
@@ -442,8 +458,7 @@ pub async fn replay_entry<S: StateStore>(store: &S, entry: &Entry, max_age: Dura
             Err(crate::chain::WriteError::Conflict) => continue,
             Err(crate::chain::WriteError::Other(e)) => {
                 tracing::warn!(connection = %entry.connection, error = %e, "journal replay: writing state failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay.wait().await;
             }
         }
     }
@@ -457,14 +472,13 @@ pub async fn replay_intent<S: StateStore>(
     intent: &Intent,
     max_age: Duration,
 ) -> IntentReplay {
-    let mut delay = Duration::from_millis(200);
+    let mut delay = RetryDelay::default();
     loop {
         let stored: Stored = match store.load().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(connection = %intent.connection, error = %e, "journal replay: reading state failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay.wait().await;
                 continue;
             }
         };
@@ -483,8 +497,7 @@ pub async fn replay_intent<S: StateStore>(
             Err(crate::chain::WriteError::Conflict) => continue,
             Err(crate::chain::WriteError::Other(e)) => {
                 tracing::warn!(connection = %intent.connection, error = %e, "journal replay: writing state failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay.wait().await;
             }
         }
     }

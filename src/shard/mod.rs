@@ -91,19 +91,30 @@ pub async fn run_sharded(
     Ok(())
 }
 
+/// The stored connections that belong to `shards`.
+fn connections_in(
+    ctx: &Context,
+    ownership: &Ownership,
+    shards: &[u32],
+) -> Vec<Arc<crate::crd::ExactConnection>> {
+    let mut conns = ctx.caches.connections();
+    conns.retain(|c| {
+        c.metadata
+            .uid
+            .as_deref()
+            .is_some_and(|uid| shards.contains(&shard_of(uid, ownership.shards())))
+    });
+    conns
+}
+
 /// Has every stored connection of the newly held `shards` reconciled at once (their
 /// reconciles were skipped while another replica held them).
 fn reconcile_shards(ctx: &Context, ownership: &Ownership, shards: &[u32]) {
     if shards.is_empty() {
         return;
     }
-    for conn in ctx.caches.connections() {
-        let Some(uid) = conn.metadata.uid.as_deref() else {
-            continue;
-        };
-        if shards.contains(&shard_of(uid, ownership.shards())) {
-            ctx.caches.reconcile_soon(ObjectRef::from_obj(&*conn));
-        }
+    for conn in connections_in(ctx, ownership, shards) {
+        ctx.caches.reconcile_soon(ObjectRef::from_obj(&*conn));
     }
 }
 
@@ -113,14 +124,9 @@ fn forget_shards(ctx: &Context, ownership: &Ownership, shards: &[u32]) {
     if shards.is_empty() {
         return;
     }
-    for conn in ctx.caches.connections() {
-        let Some(uid) = conn.metadata.uid.as_deref() else {
-            continue;
-        };
-        if shards.contains(&shard_of(uid, ownership.shards())) {
-            ctx.metrics
-                .forget_connection(&conn.namespace().unwrap_or_default(), &conn.name_any());
-        }
+    for conn in connections_in(ctx, ownership, shards) {
+        ctx.metrics
+            .forget_connection(&conn.namespace().unwrap_or_default(), &conn.name_any());
     }
 }
 
