@@ -11,12 +11,14 @@ use crate::chain::Stored;
 use crate::crd::{DivisionInfo, ExactConnection, ExactConnectionStatus, ExactOAuthClient};
 use crate::secrets::{key_of, RefError};
 use crate::state::ConnectionState;
+use crate::user_index::{ConnectionId, UserIndex, UserKey};
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use secrecy::SecretString;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +52,8 @@ pub struct Caches {
     pub written: Arc<WrittenStates>,
     /// Set while the controllers stop: nothing may wait for a watch any more.
     stopping: StopFlag,
+    /// When the controllers last started.
+    running_since: Mutex<Option<Instant>>,
 }
 
 /// A flag that waiters can watch (tokio's watch channel, sender kept here).
@@ -67,8 +71,30 @@ impl Default for StopFlag {
 #[derive(Default)]
 struct PeerCaches {
     connections: RwLock<Option<Store<ExactConnection>>>,
+    users: Mutex<UserIndexFeed>,
     trigger: Mutex<Option<UnboundedSender<ObjectRef<ExactConnection>>>>,
     divisions: Mutex<HashMap<String, Discovered>>,
+}
+
+/// The user index and, during a (re-)list of the connection watch, the uids listed so far.
+#[derive(Default)]
+struct UserIndexFeed {
+    index: UserIndex,
+    listing: Option<HashSet<String>>,
+}
+
+/// The Exact user a connection's watched status names, keyed with its client.
+fn user_of(conn: &ExactConnection) -> Option<UserKey> {
+    let user = conn.status.as_ref()?.exact_user_id.clone()?;
+    let (ns, name) = crate::crd::client_key(conn);
+    Some((ns, name, user))
+}
+
+fn connection_id(conn: &ExactConnection) -> ConnectionId {
+    (
+        conn.metadata.namespace.clone().unwrap_or_default(),
+        conn.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 /// Divisions a connection's user may open, as last discovered.
@@ -97,6 +123,26 @@ impl WrittenStates {
         m.insert((namespace.into(), name.into()), (rv, state.clone()));
     }
 
+    /// Forgets the state remembered for Secret `id` once the watch shows `seen_rv` (our
+    /// write or a later one): it is kept only while the watch lags, not until the next read.
+    fn seen(&self, id: &SecretId, seen_rv: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.get(id).is_some_and(|(rv, _)| seen_rv >= *rv) {
+                m.remove(id);
+            }
+        }
+    }
+
+    /// States remembered (the watch has not shown them yet).
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether no state is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The remembered state when it is newer than `seen_rv` (what the watch shows); an entry
     /// the watch has caught up with is dropped.
     fn newer_than(&self, id: &SecretId, seen_rv: Option<u64>) -> Option<(String, ConnectionState)> {
@@ -108,6 +154,15 @@ impl WrittenStates {
         }
         m.get(id).map(|(rv, s)| (rv.to_string(), s.clone()))
     }
+}
+
+/// A point within `ttl` picked by `key` (FNV-1a), the same for the same key.
+fn spread_offset(key: &str, ttl: Duration) -> Duration {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(hash % millis)
 }
 
 fn ready<K: kube::Resource + Clone>(store: &Store<K>) -> bool
@@ -132,9 +187,10 @@ impl Caches {
         }
     }
 
-    /// Waits (at most `limit`, and not once the controllers stop) until the managed-Secret
-    /// watch has listed, so the first reconciles after a start read their state and workload
-    /// Secrets from it instead of a GET each. Returns at once when it has listed.
+    /// Waits (until `limit` after the controllers started, and not once they stop) until
+    /// the managed-Secret watch has listed, so the first reconciles after a start read their
+    /// state and workload Secrets from it instead of a GET each. Returns at once when it has
+    /// listed, or when the limit has passed (a watch that cannot list delays only the start).
     pub async fn wait_for_managed(&self, limit: Duration) {
         let Some(store) = self.managed.read().ok().and_then(|s| s.clone()) else {
             return;
@@ -142,17 +198,46 @@ impl Caches {
         if ready(&store) {
             return;
         }
+        let since = self.running_since.lock().ok().and_then(|s| *s);
+        let left = since.map_or(limit, |t| limit.saturating_sub(t.elapsed()));
+        if left.is_zero() {
+            return;
+        }
         let mut stopping = self.stopping.0.subscribe();
         tokio::select! {
             _ = store.wait_until_ready() => {}
             _ = stopping.wait_for(|s| *s) => {}
-            _ = tokio::time::sleep(limit) => {}
+            _ = tokio::time::sleep(left) => {}
         }
     }
 
-    /// The controllers start (`true`: they stop; waiters give up).
+    /// The controllers start (`false`) or stop (`true`: waiters give up).
     pub fn set_stopping(&self, stopping: bool) {
         self.stopping.0.send_replace(stopping);
+        if let (false, Ok(mut since)) = (stopping, self.running_since.lock()) {
+            *since = Some(Instant::now());
+        }
+    }
+
+    /// Whether a process that has no value of Secret `namespace/name` yet may put off its
+    /// first read, for the connection with `uid`, which re-reads it every `ttl` anyway: each
+    /// connection's first read falls at its own point (by uid) within `ttl` of the start,
+    /// so a restart over 10,000 connections does not begin with 10,000 reads.
+    pub fn first_read_deferred(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        ttl: Duration,
+    ) -> bool {
+        let id = (namespace.to_string(), name.to_string());
+        if ttl.is_zero() || self.values.lock().is_ok_and(|v| v.contains_key(&id)) {
+            return false;
+        }
+        let Some(since) = self.running_since.lock().ok().and_then(|s| *s) else {
+            return false;
+        };
+        since.elapsed() < spread_offset(uid, ttl)
     }
 
     /// A client from the watch cache, if it has it.
@@ -350,6 +435,83 @@ impl Caches {
         }
     }
 
+    /// Drops what this process remembered of its own writes to a managed Secret once the
+    /// managed-Secret watch shows them (call with every event of that watch).
+    pub fn observe_managed(&self, event: &watcher::Event<Secret>) {
+        if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = event {
+            let meta = &s.metadata;
+            if let (Some(ns), Some(name), Some(rv)) = (
+                meta.namespace.as_ref(),
+                meta.name.as_ref(),
+                meta.resource_version
+                    .as_deref()
+                    .and_then(|r| r.parse().ok()),
+            ) {
+                self.written.seen(&(ns.clone(), name.clone()), rv);
+            }
+        }
+    }
+
+    /// Keeps the user index in step with the connection watch, and drops a status this
+    /// process wrote once the watch shows it (call with every event of that watch).
+    pub fn observe_connection(&self, event: &watcher::Event<ExactConnection>) {
+        if let watcher::Event::Apply(c) | watcher::Event::InitApply(c) = event {
+            if let (Some(uid), Some(rv)) = (
+                c.metadata.uid.as_deref(),
+                c.metadata.resource_version.as_deref(),
+            ) {
+                let _ = self.last_status(uid, Some(rv));
+            }
+        }
+        let Ok(mut feed) = self.peers.users.lock() else {
+            return;
+        };
+        let feed = &mut *feed;
+        let mut index = |conn: &ExactConnection, listing: Option<&mut HashSet<String>>| {
+            let Some(uid) = conn.metadata.uid.as_deref() else {
+                return;
+            };
+            if let Some(seen) = listing {
+                seen.insert(uid.to_string());
+            }
+            feed.index.set(uid, connection_id(conn), user_of(conn));
+        };
+        match event {
+            watcher::Event::Init => feed.listing = Some(HashSet::new()),
+            watcher::Event::InitApply(conn) => index(conn, feed.listing.as_mut()),
+            watcher::Event::Apply(conn) => index(conn, None),
+            watcher::Event::Delete(conn) => {
+                if let Some(uid) = conn.metadata.uid.as_deref() {
+                    feed.index.remove(uid);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = feed.listing.take() {
+                    feed.index.retain(&seen);
+                }
+            }
+        }
+    }
+
+    /// The watched connections on `client` whose watched status names Exact user `user`
+    /// (from the user index: no scan of every connection).
+    pub fn connections_of_user(
+        &self,
+        client: &(String, String),
+        user: &str,
+    ) -> Vec<Arc<ExactConnection>> {
+        let ids = match self.peers.users.lock() {
+            Ok(feed) => feed.index.of(client, user),
+            Err(_) => return vec![],
+        };
+        let Some(store) = self.peers.connections.read().ok().and_then(|s| s.clone()) else {
+            return vec![];
+        };
+        ids.into_iter()
+            .filter_map(|(ns, name)| store.get(&ObjectRef::new(&name).within(&ns)))
+            .collect()
+    }
+
     /// Every watched connection (empty before the controller runs).
     pub fn connections(&self) -> Vec<Arc<ExactConnection>> {
         self.peers
@@ -390,6 +552,72 @@ mod tests {
             division: Some(division),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn own_writes_are_forgotten_once_the_watch_shows_them() {
+        let caches = Caches::default();
+        caches
+            .written
+            .remember("ns", "c-state", "10", &ConnectionState::default());
+        let secret = |rv: &str| Secret {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("c-state".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Secret::default()
+        };
+        caches.observe_managed(&watcher::Event::Apply(secret("9")));
+        assert_eq!(caches.written.len(), 1, "the watch still lags");
+        caches.observe_managed(&watcher::Event::Apply(secret("10")));
+        assert!(caches.written.is_empty(), "shown: no longer kept");
+
+        caches.remember_status("u", Some("20"), &status(1));
+        let mut conn = ExactConnection::new(
+            "c",
+            serde_json::from_value(serde_json::json!({"clientRef": {"name": "x"}})).expect("spec"),
+        );
+        conn.metadata.uid = Some("u".into());
+        conn.metadata.resource_version = Some("19".into());
+        caches.observe_connection(&watcher::Event::Apply(conn.clone()));
+        assert_eq!(caches.last_status("u", Some("19")), Some(status(1)));
+        conn.metadata.resource_version = Some("21".into());
+        caches.observe_connection(&watcher::Event::Apply(conn));
+        assert_eq!(
+            caches.last_status("u", Some("19")),
+            None,
+            "pruned by the watch"
+        );
+    }
+
+    #[test]
+    fn first_reads_after_a_start_spread_over_the_recheck_time() {
+        let caches = Caches::default();
+        let ttl = Duration::from_secs(3600);
+        assert!(
+            !caches.first_read_deferred("ns", "boot", "uid-1", ttl),
+            "not before the controllers run"
+        );
+        caches.set_stopping(false);
+        let deferred = (0..1000)
+            .filter(|i| caches.first_read_deferred("ns", "boot", &format!("uid-{i}"), ttl))
+            .count();
+        assert!(
+            deferred > 990,
+            "right after a start nearly every first read waits for its turn ({deferred})"
+        );
+        assert!(!caches.first_read_deferred("ns", "boot", "uid-1", Duration::ZERO));
+        let offsets: Vec<Duration> = (0..1000)
+            .map(|i| spread_offset(&format!("uid-{i}"), ttl))
+            .collect();
+        assert!(offsets.iter().all(|o| *o < ttl));
+        let first_half = offsets.iter().filter(|o| **o < ttl / 2).count();
+        assert!(
+            (400..600).contains(&first_half),
+            "spread evenly, not bunched ({first_half} of 1000 in the first half)"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Shared state of the controllers: API client, event recorder, HTTP clients, identity.
 
 use crate::metrics::Metrics;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -64,7 +64,7 @@ pub struct Context {
     /// Kubernetes API client.
     pub client: kube::Client,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub events: crate::events::Events,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Unique name of this process; recorded as the holder of refresh claims.
@@ -95,7 +95,7 @@ impl Context {
             instance: Some(identity.clone()),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: crate::events::Events::new(client.clone(), reporter),
             client,
             metrics,
             identity,

@@ -130,9 +130,10 @@ pub fn replaced_note(user: &str, peers: &[SameUser]) -> Option<String> {
     })
 }
 
-/// [`same_user_peers`] over the watched connections, each with the freshest status known.
+/// [`same_user_peers`] over the watched connections of that user (the user index), each
+/// with the freshest status known.
 pub fn peers_in_cache(ctx: &Context, me: &ExactConnection, user_id: &str) -> Vec<SameUser> {
-    let all = ctx.caches.connections();
+    let all = ctx.caches.connections_of_user(&client_key(me), user_id);
     same_user_peers(me, user_id, &all, |c| {
         ctx.caches
             .last_status(

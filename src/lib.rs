@@ -32,4 +32,5 @@ pub mod state;
 pub mod state_store;
 pub mod template;
 pub mod token;
+pub mod user_index;
 pub mod webhook;

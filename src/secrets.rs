@@ -212,10 +212,85 @@ pub fn owned_by(secret: &Secret, uid: &str) -> bool {
         .is_some_and(|refs| refs.iter().any(|r| r.uid == uid))
 }
 
-/// Compares Secret data without exposing it.
+/// Compares Secret data without exposing it; `a` may be a digest ([`digest_data`]).
 pub fn same_data(
     a: Option<&BTreeMap<String, ByteString>>,
     b: &BTreeMap<String, ByteString>,
 ) -> bool {
-    a.is_some_and(|a| a == b)
+    match a {
+        Some(a) if a.len() == 1 && a.contains_key(DATA_DIGEST_KEY) => {
+            a.get(DATA_DIGEST_KEY).map(|d| d.0.as_slice()) == Some(data_digest(b).as_slice())
+        }
+        Some(a) => a == b,
+        None => false,
+    }
+}
+
+/// The key under which a cached workload Secret keeps the digest of its data instead of
+/// the data. Never a real key: Secret keys are `[-._a-zA-Z0-9]+`.
+pub const DATA_DIGEST_KEY: &str = "#sha256";
+
+/// SHA-256 over a Secret's keys and values, each length-prefixed (no two data share one).
+pub fn data_digest(data: &BTreeMap<String, ByteString>) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.0.len() as u64).to_be_bytes());
+        h.update(&v.0);
+    }
+    h.finalize().to_vec()
+}
+
+/// Replaces a Secret's data by its digest: what the watch cache keeps of a workload
+/// Secret, whose data the operator only ever compares with what it would write (so memory
+/// per connection holds no second copy of its token, templates and divisions).
+pub fn digest_data(secret: &mut Secret) {
+    if let Some(data) = secret.data.as_mut() {
+        let digest = data_digest(data);
+        *data = BTreeMap::from([(DATA_DIGEST_KEY.to_string(), ByteString(digest))]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn a_digested_secret_compares_like_its_data() {
+        let written = data(&[("access_token", "AT1"), ("division", "42")]);
+        let mut cached = Secret {
+            data: Some(written.clone()),
+            ..Secret::default()
+        };
+        digest_data(&mut cached);
+        let kept = cached.data.as_ref().expect("data");
+        assert_eq!(kept.len(), 1, "only the digest is kept");
+        assert!(
+            !kept.values().any(|v| v.0 == b"AT1"),
+            "no token in the cache"
+        );
+        assert!(same_data(Some(kept), &written));
+        assert!(!same_data(
+            Some(kept),
+            &data(&[("access_token", "AT2"), ("division", "42")])
+        ));
+        assert!(
+            !same_data(Some(kept), &data(&[("access_token", "AT1division42")])),
+            "the same bytes under other keys are other data"
+        );
+        assert!(!same_data(None, &written));
+        assert!(
+            same_data(Some(&written), &written),
+            "plain data still compares"
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod status;
 use crate::context::Context;
 use crate::crd::{ExactConnection, ExactOAuthClient};
 use crate::secrets::{MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL};
+use crate::webhook::controller::ConnectionFeed;
 use futures::{future, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -69,10 +70,18 @@ fn connections_for_secret(
         .collect()
 }
 
-/// Cached objects never need their managedFields, which are often most of an object.
-fn strip_managed_fields<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// What the caches keep of a watched object: no managedFields (often most of an object),
+/// and no copy of the object `kubectl apply` leaves in an annotation.
+fn strip_for_cache<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
 }
+
+/// The annotation in which `kubectl apply` keeps the applied manifest.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
@@ -105,8 +114,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .graceful_shutdown_on(stop(rx.clone()))
         .run(client::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
-    let connections = run_connections(ctx.clone(), stop(rx.clone()));
-    let webhooks = crate::webhook::controller::run(ctx.clone(), stop(rx));
+    let (feed, changes) = crate::webhook::controller::ConnectionFeed::new();
+    let connections = run_connections(ctx.clone(), feed, stop(rx.clone()));
+    let webhooks = crate::webhook::controller::run(ctx.clone(), changes, stop(rx));
     future::join3(connections, client_ctrl, webhooks).await;
 }
 
@@ -116,6 +126,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 /// caches the reconcile reads. No watch covers Secrets the operator does not manage or use.
 async fn run_connections(
     ctx: Arc<Context>,
+    mut webhook_feed: ConnectionFeed,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -128,17 +139,27 @@ async fn run_connections(
     let synced_clients = client_store.clone();
     let client_stream = watcher(clients, wc.clone())
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(strip_for_cache)
         .reflect(client_writer)
         .touched_objects()
         .inspect(move |_| referenced.sync(&synced_clients));
     // Connections trigger on spec (generation) and annotation changes only: status writes,
-    // most of them our own, need no reconcile.
+    // most of them our own, need no reconcile. The same watch keeps the user index and feeds
+    // the webhook controller (one deserialization per connection event).
     let (conn_store, conn_writer) = reflector::store::<ExactConnection>();
+    let indexing = ctx.clone();
     let conn_stream = watcher(conns, wc)
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(strip_for_cache)
         .reflect(conn_writer)
+        .inspect_ok(move |event| {
+            indexing.caches.observe_connection(event);
+            match event {
+                watcher::Event::Apply(c) | watcher::Event::InitApply(c) => webhook_feed.observe(c),
+                watcher::Event::Delete(c) => webhook_feed.forget(c),
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+        })
         .applied_objects()
         .predicate_filter(
             predicates::generation.combine(predicates::annotations),
@@ -146,10 +167,12 @@ async fn run_connections(
         );
     let (managed_store, managed_writer) = reflector::store::<Secret>();
     let echo = ctx.clone();
+    let pruning = ctx.clone();
     let workload_changes = watcher(scoped::<Secret>(&client, scope.as_deref()), managed())
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(reduce_managed_secret)
         .reflect(managed_writer)
+        .inspect_ok(move |event| pruning.caches.observe_managed(event))
         .touched_objects()
         .try_filter(move |s| future::ready(is_workload_secret(s) && !echo.caches.is_own_write(s)));
     ctx.caches.install(client_store.clone(), managed_store);
@@ -179,6 +202,23 @@ fn managed() -> watcher::Config {
     watcher::Config::default()
         .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
         .any_semantic()
+}
+
+/// What the cache keeps of a managed Secret: of a workload Secret its metadata and the
+/// digest of its data (publishing only compares), of a state Secret its data and the
+/// metadata the conditional writes need (name, resourceVersion).
+fn reduce_managed_secret(secret: &mut Secret) {
+    strip_for_cache(secret);
+    if is_workload_secret(secret) {
+        crate::secrets::digest_data(secret);
+    } else {
+        // Without its labels a state Secret is still no workload Secret (the trigger filter
+        // below), and nothing else reads them from the cache.
+        let meta = &mut secret.metadata;
+        meta.owner_references = None;
+        meta.annotations = None;
+        meta.labels = None;
+    }
 }
 
 /// Workload Secrets trigger their connection (an edit or deletion is restored at once);

@@ -95,7 +95,7 @@ impl ReferencedSecrets {
         let changed = self.changed.clone();
         let stream = watcher(api, config)
             .default_backoff()
-            .modify(super::strip_managed_fields)
+            .modify(super::strip_for_cache)
             .reflect(writer)
             .touched_objects();
         tokio::spawn(stream.for_each(move |secret| {

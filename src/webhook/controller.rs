@@ -9,14 +9,16 @@ use super::link::{current_token, link, reason, Linked, NotReady, Token};
 use crate::conditions;
 use crate::context::Context;
 use crate::crd::ExactConnection;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -48,28 +50,69 @@ pub enum Error {
     Cleanup(#[source] ApiError),
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// What the webhook controller needs from the connection watch, which it shares (a second
+/// watch of every connection would deserialize every status write twice): the connections
+/// that turned Ready or not, or moved division, since last seen. Their token refreshes alone
+/// change nothing here and are not passed on.
+pub struct ConnectionFeed {
+    last: HashMap<String, u64>,
+    tx: UnboundedSender<(String, String)>,
+}
+
+/// The far end of a [`ConnectionFeed`]: `(namespace, name)` of each changed connection.
+pub type ConnectionChanges = UnboundedReceiver<(String, String)>;
+
+impl ConnectionFeed {
+    /// A feed and the end the controller reads.
+    pub fn new() -> (Self, ConnectionChanges) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let feed = ConnectionFeed {
+            last: HashMap::new(),
+            tx,
+        };
+        (feed, rx)
+    }
+
+    /// Called with every connection the watch applies.
+    pub fn observe(&mut self, c: &ExactConnection) {
+        let (Some(uid), Some(ns)) = (c.metadata.uid.as_ref(), c.metadata.namespace.as_ref()) else {
+            return;
+        };
+        let readiness = connection_readiness(c);
+        if self.last.get(uid) == Some(&readiness) {
+            return;
+        }
+        self.last.insert(uid.clone(), readiness);
+        let _ = self.tx.unbounded_send((ns.clone(), c.name_any()));
+    }
+
+    /// Called with a deleted connection.
+    pub fn forget(&mut self, c: &ExactConnection) {
+        if let Some(uid) = c.metadata.uid.as_deref() {
+            self.last.remove(uid);
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; `connections` come from the connection
+/// controller's watch ([`ConnectionFeed`]).
+pub async fn run(
+    ctx: Arc<Context>,
+    connections: ConnectionChanges,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let api: Api<ExactWebhookSubscription> = match &ctx.settings.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let conns: Api<ExactConnection> = match &ctx.settings.watch_namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let subs = controller.store();
     // A connection that turns Ready (or moves division) is acted on at once instead of at
-    // the next retry; its token refreshes alone change nothing here and are filtered out.
-    let conn_changes = watcher(conns, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(connection_readiness, Default::default());
+    // the next retry.
+    let triggers = connections
+        .flat_map(move |(ns, name)| futures::stream::iter(subscriptions_using(&subs, &ns, &name)));
     controller
-        .watches_stream(conn_changes, move |c: ExactConnection| {
-            subscriptions_using(&subs, &c)
-        })
+        .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
@@ -77,30 +120,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 }
 
 /// What a subscription depends on in its connection: whether it is Ready and its division.
-fn connection_readiness(c: &ExactConnection) -> Option<u64> {
+fn connection_readiness(c: &ExactConnection) -> u64 {
     let status = c.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|r| r.status.clone());
+        .map(|r| r.status.as_str());
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        c.metadata.uid.as_deref(),
-        ready,
-        status.and_then(|s| s.division),
-    )
-        .hash(&mut h);
-    Some(h.finish())
+    (ready, status.and_then(|s| s.division)).hash(&mut h);
+    h.finish()
 }
 
 fn subscriptions_using(
     subs: &Store<ExactWebhookSubscription>,
-    conn: &ExactConnection,
+    ns: &str,
+    name: &str,
 ) -> Vec<ObjectRef<ExactWebhookSubscription>> {
-    let ns = conn.namespace();
-    let name = conn.name_any();
     subs.state()
         .iter()
-        .filter(|s| s.namespace() == ns && s.spec.connection_ref.name == name)
+        .filter(|s| s.namespace().as_deref() == Some(ns) && s.spec.connection_ref.name == name)
         .map(|s| ObjectRef::from_obj(&**s))
         .collect()
 }
@@ -538,7 +575,7 @@ async fn event(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &sub.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&ev, &sub.object_ref(&())).await {
         tracing::warn!(error = %e, "publishing event failed");
     }
 }
