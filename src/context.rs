@@ -64,7 +64,7 @@ pub struct Context {
     /// Kubernetes API client.
     pub client: kube::Client,
     /// Publishes Events.
-    pub events: crate::events::Events,
+    pub events: crate::event_recorder::Events,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Unique name of this process; recorded as the holder of refresh claims.
@@ -95,7 +95,7 @@ impl Context {
             instance: Some(identity.clone()),
         };
         Context {
-            events: crate::events::Events::new(client.clone(), reporter),
+            events: crate::event_recorder::Events::new(client.clone(), reporter),
             client,
             metrics,
             identity,

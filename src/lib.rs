@@ -13,6 +13,7 @@ pub mod crd;
 pub mod divisions;
 pub mod duration;
 pub mod endpoints;
+pub mod event_recorder;
 pub mod events;
 pub mod http;
 pub mod identity;
