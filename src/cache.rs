@@ -156,11 +156,9 @@ impl WrittenStates {
     }
 }
 
-/// A point within `ttl` picked by `key` (FNV-1a), the same for the same key.
+/// A point within `ttl` picked by `key` (the shards' stable hash), the same for the same key.
 fn spread_offset(key: &str, ttl: Duration) -> Duration {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::shard::ownership::stable_hash(key.as_bytes());
     let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(hash % millis)
 }

@@ -150,8 +150,8 @@ async fn load(
     }
     // A chain already imported from this bootstrap Secret: a new process reads it at its
     // turn within the recheck time instead of all at once when it starts.
+    let ns = conn.namespace().unwrap_or_default();
     let bootstrap = conn.spec.refresh_token_secret_ref.as_ref().filter(|bref| {
-        let ns = conn.namespace().unwrap_or_default();
         let imported = stored.state.bootstrap_digest.is_some();
         let uid = conn.uid().unwrap_or_default();
         !(imported
@@ -160,7 +160,6 @@ async fn load(
                 .first_read_deferred(&ns, &bref.name, &uid, recheck))
     });
     if let Some(bref) = bootstrap {
-        let ns = conn.namespace().unwrap_or_default();
         match ctx
             .caches
             .secret_key(&handle.api, &ns, &bref.name, &bref.key, recheck)
