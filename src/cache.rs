@@ -37,6 +37,35 @@ type SecretId = (String, String);
 /// A Secret read from the API server: when, how long it may be kept, its data.
 type ReadSecret = (Instant, Duration, Arc<Secret>);
 
+/// How often Secrets read from the API server are checked for expiry (a scan of all of
+/// them: once per read would make a cold start of N bootstrap reads cost N^2).
+const VALUE_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Secrets read from the API server, and when the expired ones were last dropped.
+#[derive(Default)]
+struct ReadValues {
+    by_id: HashMap<SecretId, ReadSecret>,
+    pruned_at: Option<Instant>,
+}
+
+impl ReadValues {
+    fn insert(&mut self, id: SecretId, ttl: Duration, secret: Arc<Secret>) {
+        // Secrets nobody asks for any more go once older than they may be reused for.
+        // (Not by this caller's TTL: a read afresh, TTL 0, must not evict what every other
+        // connection still reuses; and its fresh value serves later callers.)
+        if self
+            .pruned_at
+            .is_none_or(|at| at.elapsed() >= VALUE_PRUNE_EVERY)
+        {
+            self.by_id
+                .retain(|_, (at, kept_for, _)| at.elapsed() < *kept_for);
+            self.pruned_at = Some(Instant::now());
+        }
+        self.by_id
+            .insert(id, (Instant::now(), ttl.max(VALUE_KEEP), secret));
+    }
+}
+
 /// The caches; stores are installed by each controller run (they change with leadership).
 #[derive(Default)]
 pub struct Caches {
@@ -44,7 +73,7 @@ pub struct Caches {
     managed: RwLock<Option<Store<Secret>>>,
     watched: RwLock<HashMap<SecretId, Store<Secret>>>,
     /// Secrets read from the API server (their data only): when, how long they are kept.
-    values: Mutex<HashMap<SecretId, ReadSecret>>,
+    values: Mutex<ReadValues>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
     peers: PeerCaches,
     own_writes: Mutex<HashMap<SecretId, String>>,
@@ -229,7 +258,7 @@ impl Caches {
         ttl: Duration,
     ) -> bool {
         let id = (namespace.to_string(), name.to_string());
-        if ttl.is_zero() || self.values.lock().is_ok_and(|v| v.contains_key(&id)) {
+        if ttl.is_zero() || self.values.lock().is_ok_and(|v| v.by_id.contains_key(&id)) {
             return false;
         }
         let Some(since) = self.running_since.lock().ok().and_then(|s| *s) else {
@@ -333,7 +362,7 @@ impl Caches {
         }
         let id = (namespace.to_string(), name.to_string());
         if let Ok(values) = self.values.lock() {
-            if let Some((at, _, secret)) = values.get(&id) {
+            if let Some((at, _, secret)) = values.by_id.get(&id) {
                 if at.elapsed() < ttl {
                     return key_of(Some(secret), namespace, name, key);
                 }
@@ -355,11 +384,7 @@ impl Caches {
             })?
             .map(|s| Arc::new(data_only(s)));
         if let (Some(secret), Ok(mut values)) = (&secret, self.values.lock()) {
-            // Secrets nobody asks for any more go once older than they may be reused for.
-            // (Not by this caller's TTL: a read afresh, TTL 0, must not evict what every
-            // other connection still reuses; and its fresh value serves later callers.)
-            values.retain(|_, (at, kept_for, _)| at.elapsed() < *kept_for);
-            values.insert(id, (Instant::now(), ttl.max(VALUE_KEEP), secret.clone()));
+            values.insert(id, ttl, secret.clone());
         }
         key_of(secret.as_deref(), namespace, name, key)
     }
