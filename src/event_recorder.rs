@@ -11,12 +11,37 @@ use std::time::{Duration, Instant};
 /// each) and no Event since, all 10,000 stayed in memory (~3 KB each).
 const RECORDER_LIFE: Duration = Duration::from_secs(360);
 
-/// Publishes Events through a recorder renewed every [`RECORDER_LIFE`] (the old one's
-/// cache goes with it); a repeat across a renewal starts a new Event instead of a series.
+/// How many Events one recorder publishes before it is renewed. Its cache holds every
+/// Event it published (~2.4 KB each) and it scans all of them on each publish, so a cold
+/// start of 10,000 connections (one Event each, within minutes) measured 23.6 MB of peak
+/// heap in that cache alone, and N publishes cost N^2/2 scans.
+const RECORDER_EVENTS: u32 = 256;
+
+/// Publishes Events through a recorder renewed every [`RECORDER_LIFE`] or
+/// [`RECORDER_EVENTS`] Events (the old one's cache goes with it); a repeat across a
+/// renewal starts a new Event instead of counting in the old one's series.
 pub struct Events {
     client: kube::Client,
     reporter: Reporter,
-    current: Mutex<(Recorder, Instant)>,
+    current: Mutex<Current>,
+}
+
+/// The recorder in use, when it was made, and how many Events it published.
+struct Current {
+    recorder: Recorder,
+    since: Instant,
+    published: u32,
+}
+
+impl Current {
+    fn worn_out(&self) -> bool {
+        worn_out(self.since.elapsed(), self.published)
+    }
+}
+
+/// Whether a recorder this old that published this many Events is to be renewed.
+fn worn_out(age: Duration, published: u32) -> bool {
+    age >= RECORDER_LIFE || published >= RECORDER_EVENTS
 }
 
 impl Events {
@@ -26,7 +51,11 @@ impl Events {
         Events {
             client,
             reporter,
-            current: Mutex::new((recorder, Instant::now())),
+            current: Mutex::new(Current {
+                recorder,
+                since: Instant::now(),
+                published: 0,
+            }),
         }
     }
 
@@ -36,7 +65,7 @@ impl Events {
         ev: &Event,
         reference: &ObjectReference,
     ) -> Result<(), kube::Error> {
-        let Some(recorder) = self.recorder() else {
+        let Some(recorder) = self.recorder(1) else {
             return Ok(());
         };
         recorder.publish(ev, reference).await
@@ -45,17 +74,37 @@ impl Events {
     /// Drops the recorder's cache once it is older than [`RECORDER_LIFE`] (called from
     /// every reconcile, so the cache also goes when no Event is published any more).
     pub fn forget_old(&self) {
-        let _ = self.recorder();
+        let _ = self.recorder(0);
     }
 
-    fn recorder(&self) -> Option<Recorder> {
+    /// The recorder to use for `publishing` more Events (a new one once worn out).
+    fn recorder(&self, publishing: u32) -> Option<Recorder> {
         let mut current = self.current.lock().ok()?;
-        if current.1.elapsed() >= RECORDER_LIFE {
-            *current = (
-                Recorder::new(self.client.clone(), self.reporter.clone()),
-                Instant::now(),
-            );
+        if current.worn_out() {
+            *current = Current {
+                recorder: Recorder::new(self.client.clone(), self.reporter.clone()),
+                since: Instant::now(),
+                published: 0,
+            };
         }
-        Some(current.0.clone())
+        current.published = current.published.saturating_add(publishing);
+        Some(current.recorder.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorder_is_renewed_by_age_or_by_events_published() {
+        assert!(!worn_out(Duration::ZERO, 0));
+        assert!(!worn_out(
+            RECORDER_LIFE - Duration::from_secs(1),
+            RECORDER_EVENTS - 1
+        ));
+        assert!(worn_out(RECORDER_LIFE, 0));
+        // A cold start publishing thousands of Events within the life still renews.
+        assert!(worn_out(Duration::from_secs(5), RECORDER_EVENTS));
     }
 }
