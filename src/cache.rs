@@ -473,6 +473,20 @@ impl Caches {
                 self.written.seen(&(ns.clone(), name.clone()), rv);
             }
         }
+        if let watcher::Event::InitDone = event {
+            // When reconciles stop reading state and workload Secrets from the API server.
+            let since = self.running_since.lock().ok().and_then(|s| *s);
+            let listed = self
+                .managed
+                .read()
+                .ok()
+                .and_then(|s| s.as_ref().map(|s| s.state().len()));
+            tracing::info!(
+                secrets = listed.unwrap_or_default(),
+                after_ms = since.map_or(0, |t| t.elapsed().as_millis() as u64),
+                "managed Secrets listed"
+            );
+        }
     }
 
     /// Keeps the user index in step with the connection watch, and drops a status this
