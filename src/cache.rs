@@ -480,7 +480,7 @@ impl Caches {
                 .managed
                 .read()
                 .ok()
-                .and_then(|s| s.as_ref().map(|s| s.state().len()));
+                .and_then(|s| s.as_ref().map(|s| s.len()));
             tracing::info!(
                 secrets = listed.unwrap_or_default(),
                 after_ms = since.map_or(0, |t| t.elapsed().as_millis() as u64),
