@@ -34,22 +34,28 @@ fn data_only(secret: Secret) -> Secret {
 const VALUE_KEEP: Duration = Duration::from_secs(3600);
 type SecretId = (String, String);
 
-/// A Secret read from the API server: when, how long it may be kept, its data.
-type ReadSecret = (Instant, Duration, Arc<Secret>);
-
 /// How often Secrets read from the API server are checked for expiry (a scan of all of
 /// them: once per read would make a cold start of N bootstrap reads cost N^2).
 const VALUE_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Secrets read from the API server, and when the expired ones were last dropped.
-#[derive(Default)]
-struct ReadValues {
-    by_id: HashMap<SecretId, ReadSecret>,
+/// What was kept of Secrets read from the API server (`T`), when each was read and how long
+/// it is kept, and when the expired ones were last dropped.
+struct ReadValues<T> {
+    by_id: HashMap<SecretId, (Instant, Duration, T)>,
     pruned_at: Option<Instant>,
 }
 
-impl ReadValues {
-    fn insert(&mut self, id: SecretId, ttl: Duration, secret: Arc<Secret>) {
+impl<T> Default for ReadValues<T> {
+    fn default() -> Self {
+        ReadValues {
+            by_id: HashMap::new(),
+            pruned_at: None,
+        }
+    }
+}
+
+impl<T: Clone> ReadValues<T> {
+    fn insert(&mut self, id: SecretId, ttl: Duration, kept: T) {
         // Secrets nobody asks for any more go once older than they may be reused for.
         // (Not by this caller's TTL: a read afresh, TTL 0, must not evict what every other
         // connection still reuses; and its fresh value serves later callers.)
@@ -62,7 +68,45 @@ impl ReadValues {
             self.pruned_at = Some(Instant::now());
         }
         self.by_id
-            .insert(id, (Instant::now(), ttl.max(VALUE_KEEP), secret));
+            .insert(id, (Instant::now(), ttl.max(VALUE_KEEP), kept));
+    }
+
+    /// What was kept of Secret `id`, if it was read less than `ttl` ago.
+    fn fresh(&self, id: &SecretId, ttl: Duration) -> Option<T> {
+        let (at, _, kept) = self.by_id.get(id)?;
+        (at.elapsed() < ttl).then(|| kept.clone())
+    }
+}
+
+/// What is kept of a Secret whose values are only compared (bootstrap Secrets): per key, the
+/// digest of its value as `key_of` gives it (None: not usable text). A fraction of the data,
+/// and no secret value stays in memory; a value that changed is read again to be used.
+type KeyDigests = Arc<[(Box<str>, Option<String>)]>;
+
+fn key_digests(secret: &Secret, namespace: &str, name: &str) -> KeyDigests {
+    let keys = secret.data.iter().flat_map(|d| d.keys());
+    let keys = keys.chain(secret.string_data.iter().flat_map(|d| d.keys()));
+    let mut seen = HashSet::new();
+    keys.filter(|k| seen.insert(k.as_str()))
+        .map(|k| {
+            let value = key_of(Some(secret), namespace, name, k).ok();
+            let d = value.map(|v| crate::state::digest(secrecy::ExposeSecret::expose_secret(&v)));
+            (k.as_str().into(), d)
+        })
+        .collect()
+}
+
+/// A Secret just read from the API server, for its values to be used now and dropped.
+pub struct FreshSecret {
+    namespace: String,
+    name: String,
+    secret: Option<Secret>,
+}
+
+impl FreshSecret {
+    /// A key of it (errors as `secrets::key_of`).
+    pub fn key(&self, key: &str) -> Result<SecretString, RefError> {
+        key_of(self.secret.as_ref(), &self.namespace, &self.name, key)
     }
 }
 
@@ -72,8 +116,12 @@ pub struct Caches {
     clients: RwLock<Option<Store<ExactOAuthClient>>>,
     managed: RwLock<Option<Store<Secret>>>,
     watched: RwLock<HashMap<SecretId, Store<Secret>>>,
-    /// Secrets read from the API server (their data only): when, how long they are kept.
-    values: Mutex<ReadValues>,
+    /// Secrets read from the API server whose values are used (client and webhook secrets
+    /// before their watch lists): their data.
+    values: Mutex<ReadValues<Arc<Secret>>>,
+    /// Secrets read from the API server whose values are compared (bootstrap Secrets):
+    /// digests only.
+    digests: Mutex<ReadValues<KeyDigests>>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
     peers: PeerCaches,
     own_writes: Mutex<HashMap<SecretId, String>>,
@@ -258,7 +306,7 @@ impl Caches {
         ttl: Duration,
     ) -> bool {
         let id = (namespace.to_string(), name.to_string());
-        if ttl.is_zero() || self.values.lock().is_ok_and(|v| v.by_id.contains_key(&id)) {
+        if ttl.is_zero() || self.digests.lock().is_ok_and(|v| v.by_id.contains_key(&id)) {
             return false;
         }
         let Some(since) = self.running_since.lock().ok().and_then(|s| *s) else {
@@ -361,32 +409,81 @@ impl Caches {
             return found;
         }
         let id = (namespace.to_string(), name.to_string());
-        if let Ok(values) = self.values.lock() {
-            if let Some((at, _, secret)) = values.by_id.get(&id) {
-                if at.elapsed() < ttl {
-                    return key_of(Some(secret), namespace, name, key);
+        if let Some(secret) = self.values.lock().ok().and_then(|v| v.fresh(&id, ttl)) {
+            return key_of(Some(&secret), namespace, name, key);
+        }
+        let secret = self.read(api, namespace, name, ttl).await?.map(Arc::new);
+        if let (Some(secret), Ok(mut values)) = (&secret, self.values.lock()) {
+            values.insert(id, ttl, secret.clone());
+        }
+        key_of(secret.as_deref(), namespace, name, key)
+    }
+
+    /// Key `key` of Secret `namespace/name` when its value may differ from the one whose
+    /// digest is `known`: None when a read less than `ttl` ago gave that value, else the
+    /// Secret read afresh (Ok(Some), whatever the key holds now). A key that was missing or
+    /// unusable at that read is the same error again, without a read. Only digests are kept.
+    pub async fn secret_unless_known(
+        &self,
+        api: &Api<Secret>,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        ttl: Duration,
+        known: Option<&str>,
+    ) -> Result<Option<FreshSecret>, RefError> {
+        let id = (namespace.to_string(), name.to_string());
+        if let Some(kept) = self.digests.lock().ok().and_then(|d| d.fresh(&id, ttl)) {
+            match kept.iter().find(|(k, _)| &**k == key) {
+                Some((_, Some(d))) if Some(d.as_str()) == known => return Ok(None),
+                Some((_, Some(_))) => {}
+                Some((_, None)) => {
+                    return Err(RefError::BadValue {
+                        namespace: namespace.into(),
+                        name: name.into(),
+                        key: key.into(),
+                    })
+                }
+                None => {
+                    return Err(RefError::KeyMissing {
+                        namespace: namespace.into(),
+                        name: name.into(),
+                        key: key.into(),
+                    })
                 }
             }
         }
+        let secret = self.read(api, namespace, name, ttl).await?;
+        if let (Some(secret), Ok(mut digests)) = (&secret, self.digests.lock()) {
+            digests.insert(id, ttl, key_digests(secret, namespace, name));
+        }
+        Ok(Some(FreshSecret {
+            namespace: namespace.into(),
+            name: name.into(),
+            secret,
+        }))
+    }
+
+    /// Secret `namespace/name` from the API server, its data only (None: no such Secret).
+    async fn read(
+        &self,
+        api: &Api<Secret>,
+        namespace: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<Secret>, RefError> {
         tracing::debug!(
             namespace,
             secret = name,
             ttl_ms = ttl.as_millis() as u64,
             "reading a Secret from the API server"
         );
-        let secret = api
-            .get_opt(name)
-            .await
-            .map_err(|source| RefError::Api {
-                namespace: namespace.into(),
-                name: name.into(),
-                source,
-            })?
-            .map(|s| Arc::new(data_only(s)));
-        if let (Some(secret), Ok(mut values)) = (&secret, self.values.lock()) {
-            values.insert(id, ttl, secret.clone());
-        }
-        key_of(secret.as_deref(), namespace, name, key)
+        let secret = api.get_opt(name).await.map_err(|source| RefError::Api {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?;
+        Ok(secret.map(data_only))
     }
 
     /// Remembers that this process wrote managed Secret `name` at resourceVersion `rv`.
@@ -626,6 +723,75 @@ mod tests {
             caches.last_status("u", Some("19")),
             None,
             "pruned by the watch"
+        );
+    }
+
+    #[tokio::test]
+    async fn bootstrap_secrets_are_kept_as_digests_and_read_again_when_they_may_differ() {
+        use k8s_openapi::ByteString;
+        let secret = Secret {
+            data: Some(
+                [
+                    ("refresh_token".to_string(), ByteString(b"tok\n".to_vec())),
+                    ("bad".to_string(), ByteString(vec![0xff])),
+                ]
+                .into(),
+            ),
+            string_data: Some([("refresh_token".to_string(), "ignored".to_string())].into()),
+            ..Secret::default()
+        };
+        let digests = key_digests(&secret, "ns", "boot");
+        let tok = crate::state::digest("tok");
+        assert_eq!(
+            &digests[..],
+            &[
+                ("bad".into(), None),
+                ("refresh_token".into(), Some(tok.clone()))
+            ][..],
+            "one entry per key, as key_of reads it (data over stringData, trimmed)"
+        );
+        assert!(
+            digests.iter().all(|(_, d)| d.as_deref() != Some("tok")),
+            "no value itself is kept"
+        );
+
+        let caches = Caches::default();
+        let ttl = Duration::from_secs(60);
+        caches
+            .digests
+            .lock()
+            .expect("lock")
+            .insert(("ns".into(), "boot".into()), ttl, digests);
+        // Nothing listens on port 1: a read would fail as an API error.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+        let api = Api::<Secret>::namespaced(kube::Client::try_from(config).expect("client"), "ns");
+        let read = |key: &'static str, ttl, known: Option<String>| {
+            let (caches, api) = (&caches, &api);
+            async move {
+                caches
+                    .secret_unless_known(api, "ns", "boot", key, ttl, known.as_deref())
+                    .await
+                    .map(|fresh| fresh.is_some())
+            }
+        };
+        assert!(matches!(
+            read("refresh_token", ttl, Some(tok.clone())).await,
+            Ok(false)
+        ));
+        assert!(matches!(
+            read("bad", ttl, None).await,
+            Err(RefError::BadValue { .. })
+        ));
+        assert!(matches!(
+            read("other", ttl, None).await,
+            Err(RefError::KeyMissing { .. })
+        ));
+        let differs = read("refresh_token", ttl, Some("another".into())).await;
+        assert!(matches!(differs, Err(RefError::Api { .. })), "read again");
+        let stale = read("refresh_token", Duration::ZERO, Some(tok)).await;
+        assert!(
+            matches!(stale, Err(RefError::Api { .. })),
+            "TTL 0 reads afresh"
         );
     }
 

@@ -6,6 +6,7 @@
 use super::status::{write_status, Outcome};
 use super::Error;
 use crate::budget::{self, UserBudget};
+use crate::cache::FreshSecret;
 use crate::chain::{self, ChainGrant, ChainSpec, Decision, End, ExchangeEnd, ExchangeJob, Stored};
 use crate::conditions::reason;
 use crate::context::Context;
@@ -27,10 +28,6 @@ use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Reconciles one connection.
-/// How old a Secret read in this reconcile may be to serve its other keys.
-const JUST_READ: Duration = Duration::from_secs(5);
-
 /// How long after a start reconciles wait for the managed-Secret watch's first list before
 /// they read from the API server instead. (At 10,000 connections among 30,000 other Secrets
 /// the list took longer and each reconcile that gave up cost two GETs, but 45 s here made
@@ -38,6 +35,7 @@ const JUST_READ: Duration = Duration::from_secs(5);
 /// be slower to list than the fallback reads; left at 10 s until that is understood.)
 const MANAGED_LIST_WAIT: Duration = Duration::from_secs(10);
 
+/// Reconciles one connection.
 pub async fn reconcile(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Another replica's shard: no API call. Acquiring the shard reconciles it at once.
     if !crate::shard::ownership::owns(ctx.shards.as_deref(), &*conn) {
@@ -160,17 +158,20 @@ async fn load(
                 .first_read_deferred(&ns, &bref.name, &uid, recheck))
     });
     if let Some(bref) = bootstrap {
-        match ctx
+        let known = stored.state.bootstrap_digest.as_deref();
+        let read = ctx
             .caches
-            .secret_key(&handle.api, &ns, &bref.name, &bref.key, recheck)
-            .await
-        {
-            Ok(token) => {
+            .secret_unless_known(&handle.api, &ns, &bref.name, &bref.key, recheck, known)
+            .await;
+        match read.and_then(|fresh| fresh.map(|f| f.key(&bref.key).map(|t| (t, f))).transpose()) {
+            // The value this chain was imported from, as read less than `recheck` ago.
+            Ok(None) => {}
+            Ok(Some((token, fresh))) => {
                 let d = digest(token.expose_secret());
-                if stored.state.bootstrap_digest.as_deref() != Some(d.as_str()) {
+                if known != Some(d.as_str()) {
                     let unsaved;
                     (stored, unsaved) =
-                        import(conn, ctx, r, handle, stored, token, d, recheck).await?;
+                        import(conn, ctx, r, handle, stored, &fresh, token, d).await?;
                     if unsaved {
                         revive_if_inputs_changed(&mut stored, r);
                         return Ok(Ok((stored, true)));
@@ -231,20 +232,17 @@ async fn import(
     r: &Resolved,
     handle: &StateHandle,
     stored: Stored,
+    bootstrap: &FreshSecret,
     token: secrecy::SecretString,
     token_digest: String,
-    recheck: Duration,
 ) -> Result<(Stored, bool), Error> {
     let Some(bref) = &conn.spec.refresh_token_secret_ref else {
         return Ok((stored, false));
     };
-    let ns = conn.namespace().unwrap_or_default();
-    // The Secret was read for its refresh token a moment ago: that read serves these keys.
-    let just_read = recheck.max(JUST_READ);
-    let read = |key| optional_key(ctx, handle, &ns, &bref.name, key, just_read);
+    // The keys beside the refresh token, from the same read (absent or unusable: none).
     let access = chain::BootstrapAccess {
-        access_token: read("access_token").await?,
-        expires_at: read("expires_at").await?,
+        access_token: bootstrap.key("access_token").ok(),
+        expires_at: bootstrap.key("expires_at").ok(),
     };
     let with_access = access.access_token.is_some();
     let mut st = stored.state.clone();
@@ -301,26 +299,6 @@ async fn import_events(
         let note = format!("{why}; it is ignored and the refresh token is used at once instead");
         let reason = "BootstrapAccessTokenIgnored";
         event(ctx, conn, EventType::Warning, reason, note).await;
-    }
-}
-
-/// A key of a Secret that may be absent (None, like a missing Secret); only API errors fail.
-async fn optional_key(
-    ctx: &Context,
-    handle: &StateHandle,
-    namespace: &str,
-    name: &str,
-    key: &str,
-    recheck: Duration,
-) -> Result<Option<secrecy::SecretString>, kube::Error> {
-    match ctx
-        .caches
-        .secret_key(&handle.api, namespace, name, key, recheck)
-        .await
-    {
-        Ok(v) => Ok(Some(v)),
-        Err(RefError::Api { source, .. }) => Err(source),
-        Err(_) => Ok(None),
     }
 }
 
