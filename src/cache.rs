@@ -9,6 +9,7 @@
 
 use crate::chain::Stored;
 use crate::crd::{DivisionInfo, ExactConnection, ExactConnectionStatus, ExactOAuthClient};
+use crate::packed_secrets::PackedSecrets;
 use crate::secrets::{key_of, RefError};
 use crate::state::ConnectionState;
 use crate::user_index::{ConnectionId, UserIndex, UserKey};
@@ -114,7 +115,8 @@ impl FreshSecret {
 #[derive(Default)]
 pub struct Caches {
     clients: RwLock<Option<Store<ExactOAuthClient>>>,
-    managed: RwLock<Option<Store<Secret>>>,
+    /// The managed-Secret watch (state and workload Secrets), packed.
+    managed: PackedSecrets,
     watched: RwLock<HashMap<SecretId, Store<Secret>>>,
     /// Secrets read from the API server whose values are used (client and webhook secrets
     /// before their watch lists): their data.
@@ -253,13 +255,12 @@ where
 
 impl Caches {
     /// Installs the stores of a controller run.
-    pub fn install(&self, clients: Store<ExactOAuthClient>, managed: Store<Secret>) {
+    /// (The managed Secrets start afresh too: `observe_managed` fills them from the watch.)
+    pub fn install(&self, clients: Store<ExactOAuthClient>) {
         if let Ok(mut c) = self.clients.write() {
             *c = Some(clients);
         }
-        if let Ok(mut s) = self.managed.write() {
-            *s = Some(managed);
-        }
+        self.managed.reset();
     }
 
     /// Waits (until `limit` after the controllers started, and not once they stop) until
@@ -267,10 +268,7 @@ impl Caches {
     /// state and workload Secrets from it instead of a GET each. Returns at once when it has
     /// listed, or when the limit has passed (a watch that cannot list delays only the start).
     pub async fn wait_for_managed(&self, limit: Duration) {
-        let Some(store) = self.managed.read().ok().and_then(|s| s.clone()) else {
-            return;
-        };
-        if ready(&store) {
+        if self.managed.is_ready() {
             return;
         }
         let since = self.running_since.lock().ok().and_then(|s| *s);
@@ -280,7 +278,7 @@ impl Caches {
         }
         let mut stopping = self.stopping.0.subscribe();
         tokio::select! {
-            _ = store.wait_until_ready() => {}
+            _ = self.managed.wait_until_ready() => {}
             _ = stopping.wait_for(|s| *s) => {}
             _ = tokio::time::sleep(left) => {}
         }
@@ -323,9 +321,9 @@ impl Caches {
 
     /// A managed Secret from its watch: Some(None) when the synced watch has no such Secret,
     /// None when the watch is not synced (the caller asks the API server).
-    pub fn managed_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
-        let store = self.managed.read().ok()?.clone()?;
-        ready(&store).then(|| store.get(&ObjectRef::new(name).within(namespace)))
+    pub fn managed_secret(&self, namespace: &str, name: &str) -> Option<Option<Secret>> {
+        let managed = &self.managed;
+        managed.is_ready().then(|| managed.get(namespace, name))
     }
 
     /// The state in Secret `name`: the newer of the watched Secret and this process's last
@@ -555,9 +553,11 @@ impl Caches {
         }
     }
 
-    /// Drops what this process remembered of its own writes to a managed Secret once the
-    /// managed-Secret watch shows them (call with every event of that watch).
+    /// Keeps the managed Secrets (reduced by the caller) and drops what this process
+    /// remembered of its own writes to one once the watch shows them (call with every event
+    /// of the managed-Secret watch).
     pub fn observe_managed(&self, event: &watcher::Event<Secret>) {
+        self.managed.apply(event);
         if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = event {
             let meta = &s.metadata;
             if let (Some(ns), Some(name), Some(rv)) = (
@@ -573,13 +573,8 @@ impl Caches {
         if let watcher::Event::InitDone = event {
             // When reconciles stop reading state and workload Secrets from the API server.
             let since = self.running_since.lock().ok().and_then(|s| *s);
-            let listed = self
-                .managed
-                .read()
-                .ok()
-                .and_then(|s| s.as_ref().map(|s| s.len()));
             tracing::info!(
-                secrets = listed.unwrap_or_default(),
+                secrets = self.managed.len(),
                 after_ms = since.map_or(0, |t| t.elapsed().as_millis() as u64),
                 "managed Secrets listed"
             );

@@ -22,6 +22,7 @@ pub mod leader;
 pub mod metrics;
 pub mod nudge;
 pub mod oauth;
+pub mod packed_secrets;
 pub mod plugin;
 pub mod publish;
 pub mod resolve;

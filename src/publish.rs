@@ -238,10 +238,7 @@ pub async fn publish_from_state(
     };
     let ns = namespace;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let cached = ctx
-        .caches
-        .managed_secret(&ns, &r.target_name)
-        .map(|s| s.map(|s| (*s).clone()));
+    let cached = ctx.caches.managed_secret(&ns, &r.target_name);
     let published = publish(&api, &target, data, cached).await?;
     if let Published::Written(rv) = &published {
         ctx.caches.own_write(&ns, &r.target_name, rv.as_deref());

@@ -165,17 +165,15 @@ async fn run_connections(
             predicates::generation.combine(predicates::annotations),
             Default::default(),
         );
-    let (managed_store, managed_writer) = reflector::store::<Secret>();
     let echo = ctx.clone();
-    let pruning = ctx.clone();
+    let caching = ctx.clone();
     let workload_changes = watcher(scoped::<Secret>(&client, scope.as_deref()), managed())
         .default_backoff()
         .modify(reduce_managed_secret)
-        .reflect(managed_writer)
-        .inspect_ok(move |event| pruning.caches.observe_managed(event))
+        .inspect_ok(move |event| caching.caches.observe_managed(event))
         .touched_objects()
         .try_filter(move |s| future::ready(is_workload_secret(s) && !echo.caches.is_own_write(s)));
-    ctx.caches.install(client_store.clone(), managed_store);
+    ctx.caches.install(client_store.clone());
     // Another connection's finding (e.g. the same Exact user) reconciles this one.
     let (peer_tx, peer_rx) = futures::channel::mpsc::unbounded();
     ctx.caches.install_connections(conn_store.clone(), peer_tx);
