@@ -1,11 +1,13 @@
 //! Prometheus metrics of the operator (served on /metrics in the text exposition format).
 
 use jiff::Timestamp;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,24 +47,81 @@ pub struct RouteLabel {
     pub route: String,
 }
 
-/// Label of per-connection series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabel {
-    /// Namespace of the connection.
-    pub namespace: String,
-    /// Name of the connection.
-    pub name: String,
+/// The per-connection series (expiries, next refresh, Ready reason), kept as one entry per
+/// connection and encoded on each scrape. (As four label families they cost ~1 KB per
+/// connection: each family keeps its own copy of the labels and a gauge allocation per
+/// series; this map keeps the names once and the values inline.)
+#[derive(Debug, Default)]
+struct ConnectionSeries(Mutex<HashMap<ConnectionKey, ConnectionFacts>>);
+
+/// A connection's namespace and name.
+type ConnectionKey = (Box<str>, Box<str>);
+
+/// One connection's series values.
+#[derive(Debug)]
+struct ConnectionFacts {
+    access_expiry: Option<i64>,
+    refresh_expiry: Option<i64>,
+    next_refresh: Option<i64>,
+    reason: Box<str>,
 }
 
-/// Label of the Ready-reason series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Namespace of the connection.
-    pub namespace: String,
-    /// Name of the connection.
-    pub name: String,
-    /// Ready reason.
-    pub reason: String,
+/// One of a connection's series values.
+type FactOf = fn(&ConnectionFacts) -> Option<i64>;
+
+/// The per-connection families: name, help, and the value of a connection's series.
+const CONNECTION_GAUGES: [(&str, &str, FactOf); 3] = [
+    (
+        "access_token_expiry_timestamp_seconds",
+        "When each connection's published access token expires",
+        |f| f.access_expiry,
+    ),
+    (
+        "refresh_token_expiry_timestamp_seconds",
+        "When each connection's refresh token expires if unused",
+        |f| f.refresh_expiry,
+    ),
+    (
+        "next_refresh_timestamp_seconds",
+        "When each connection's next token call is planned",
+        |f| f.next_refresh,
+    ),
+];
+
+/// Registered with the registry: encodes `ConnectionSeries` at each scrape.
+#[derive(Debug)]
+struct ConnectionCollector(Arc<ConnectionSeries>);
+
+impl Collector for ConnectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Ok(series) = self.0 .0.lock() else {
+            return Ok(());
+        };
+        for (name, help, value) in CONNECTION_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for ((ns, conn), facts) in series.iter() {
+                if let Some(v) = value(facts) {
+                    let labels = [("namespace", &**ns), ("name", &**conn)];
+                    family.encode_family(&labels)?.encode_gauge(&v)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "connection_ready_reason",
+            "1 for the current Ready reason of each connection",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((ns, conn), facts) in series.iter() {
+            let labels = [
+                ("namespace", &**ns),
+                ("name", &**conn),
+                ("reason", &*facts.reason),
+            ];
+            family.encode_family(&labels)?.encode_gauge(&1i64)?;
+        }
+        Ok(())
+    }
 }
 
 /// Per-connection timing facts, as unix timestamps.
@@ -104,11 +163,7 @@ pub struct Metrics {
     pub webhook_messages: Family<OutcomeLabel, Counter>,
     /// Duration of webhook deliveries to targets in seconds.
     pub webhook_forward_duration: Histogram,
-    access_expiry: Family<ConnectionLabel, Gauge>,
-    refresh_expiry: Family<ConnectionLabel, Gauge>,
-    next_refresh: Family<ConnectionLabel, Gauge>,
-    reasons: Family<ReasonLabel, Gauge>,
-    current_reason: Arc<Mutex<HashMap<ConnectionLabel, String>>>,
+    connections: Arc<ConnectionSeries>,
     /// Token calls per Exact user and client in the rolling 24 h (Exact's daily cap).
     pub user_token_calls: Family<UserLabel, Gauge>,
 }
@@ -139,11 +194,7 @@ impl Default for Metrics {
             pod_nudges: Family::default(),
             webhook_messages: Family::default(),
             webhook_forward_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
-            access_expiry: Family::default(),
-            refresh_expiry: Family::default(),
-            next_refresh: Family::default(),
-            reasons: Family::default(),
-            current_reason: Arc::default(),
+            connections: Arc::default(),
             user_token_calls: Family::default(),
         };
         r.register(
@@ -209,26 +260,7 @@ impl Default for Metrics {
             "Duration of webhook deliveries to their targets",
             m.webhook_forward_duration.clone(),
         );
-        r.register(
-            "access_token_expiry_timestamp_seconds",
-            "When each connection's published access token expires",
-            m.access_expiry.clone(),
-        );
-        r.register(
-            "refresh_token_expiry_timestamp_seconds",
-            "When each connection's refresh token expires if unused",
-            m.refresh_expiry.clone(),
-        );
-        r.register(
-            "next_refresh_timestamp_seconds",
-            "When each connection's next token call is planned",
-            m.next_refresh.clone(),
-        );
-        r.register(
-            "connection_ready_reason",
-            "1 for the current Ready reason of each connection",
-            m.reasons.clone(),
-        );
+        r.register_collector(Box::new(ConnectionCollector(m.connections.clone())));
         r.register(
             "token_calls_24h",
             "Token calls of each Exact user on each client in the rolling 24 h (Exact caps them at about 200)",
@@ -267,61 +299,21 @@ impl Metrics {
 
     /// Records a connection's Ready reason and timing facts.
     pub fn connection(&self, namespace: &str, name: &str, reason: &str, times: &ConnectionTimes) {
-        let key = ConnectionLabel {
-            namespace: namespace.into(),
-            name: name.into(),
+        let facts = ConnectionFacts {
+            access_expiry: times.access_token_expires_at.map(|t| t.as_second()),
+            refresh_expiry: times.refresh_token_expires_at.map(|t| t.as_second()),
+            next_refresh: times.next_refresh_at.map(|t| t.as_second()),
+            reason: reason.into(),
         };
-        let set = |family: &Family<ConnectionLabel, Gauge>, t: Option<Timestamp>| match t {
-            Some(t) => {
-                family.get_or_create(&key).set(t.as_second());
-            }
-            None => {
-                family.remove(&key);
-            }
-        };
-        set(&self.access_expiry, times.access_token_expires_at);
-        set(&self.refresh_expiry, times.refresh_token_expires_at);
-        set(&self.next_refresh, times.next_refresh_at);
-        if let Ok(mut cur) = self.current_reason.lock() {
-            if let Some(old) = cur.insert(key.clone(), reason.to_string()) {
-                if old != reason {
-                    self.reasons.remove(&ReasonLabel {
-                        namespace: key.namespace.clone(),
-                        name: key.name.clone(),
-                        reason: old,
-                    });
-                }
-            }
+        if let Ok(mut series) = self.connections.0.lock() {
+            series.insert((namespace.into(), name.into()), facts);
         }
-        self.reasons
-            .get_or_create(&ReasonLabel {
-                namespace: key.namespace,
-                name: key.name,
-                reason: reason.into(),
-            })
-            .set(1);
     }
 
     /// Drops a connection's series: another replica works on it now (its shard moved).
     pub fn forget_connection(&self, namespace: &str, name: &str) {
-        let key = ConnectionLabel {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
-        self.access_expiry.remove(&key);
-        self.refresh_expiry.remove(&key);
-        self.next_refresh.remove(&key);
-        if let Some(old) = self
-            .current_reason
-            .lock()
-            .ok()
-            .and_then(|mut cur| cur.remove(&key))
-        {
-            self.reasons.remove(&ReasonLabel {
-                namespace: key.namespace,
-                name: key.name,
-                reason: old,
-            });
+        if let Ok(mut series) = self.connections.0.lock() {
+            series.remove(&(Box::from(namespace), Box::from(name)));
         }
     }
 
@@ -360,5 +352,13 @@ mod tests {
         assert!(text.contains(r#"exact_operator_access_token_expiry_timestamp_seconds{namespace="ns",name="c"} 1800000000"#));
         assert!(!text.contains("exact_operator_refresh_token_expiry_timestamp_seconds{"));
         assert!(text.contains(r#"exact_operator_token_calls_total{outcome="granted"} 1"#));
+        assert!(text.contains("# TYPE exact_operator_next_refresh_timestamp_seconds gauge"));
+        m.forget_connection("ns", "c");
+        let text = m.render();
+        assert!(!text.contains(r#"name="c""#), "forgotten: {text}");
+        assert!(
+            text.contains("# TYPE exact_operator_connection_ready_reason gauge"),
+            "the family stays, empty: {text}"
+        );
     }
 }
