@@ -106,9 +106,14 @@ async fn kill_between_answer_and_persist(
     journalled
 }
 
+/// The API server this binary's tests share: the scenarios that stop it hold it alone, the
+/// other tests hold it together (they would fail on a stopped API server in between).
+static API_SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Both scenarios stop this binary's one API server, so they run one after the other.
 #[tokio::test]
 async fn a_sigkill_between_answer_and_persist_with_and_without_the_journal() {
+    let _alone = API_SERVER.write().await;
     a_killed_process_loses_no_chain_when_its_successor_keeps_the_journal().await;
     without_the_journal_the_same_kill_loses_the_chain().await;
 }
@@ -213,6 +218,7 @@ fn write_json(path: &Path, entry: &Entry) -> Vec<u8> {
 /// leaves the stored chains alone.
 #[tokio::test]
 async fn the_operator_starts_past_corrupt_foreign_expired_and_superseded_entries() {
+    let _shared = API_SERVER.read().await;
     let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     for name in ["acme", "beta"] {
         bootstrap_connection(&admin, &ns, &sim, name, serde_json::json!({})).await;
@@ -440,6 +446,7 @@ async fn events_on(admin: &kube::Client, ns: &str, name: &str) -> Vec<(String, S
 /// or, where Exact had rotated it (beta), the dead chain's status names the lost response.
 #[tokio::test]
 async fn an_intent_left_by_a_death_in_flight_is_told_and_explains_a_lost_chain() {
+    let _shared = API_SERVER.read().await;
     let TestEnv { admin, ns, sim } = test_env(fast_sim(), serde_json::json!({})).await;
     for name in ["acme", "beta", "gone"] {
         bootstrap_connection(&admin, &ns, &sim, name, serde_json::json!({})).await;
