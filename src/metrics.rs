@@ -51,8 +51,7 @@ pub struct RouteLabel {
 /// connection and encoded on each scrape. (As four label families they cost ~1 KB per
 /// connection: each family keeps its own copy of the labels and a gauge allocation per
 /// series; this map keeps the names once and the values inline.)
-#[derive(Debug, Default)]
-struct ConnectionSeries(Mutex<HashMap<ConnectionKey, ConnectionFacts>>);
+type ConnectionSeries = Mutex<HashMap<ConnectionKey, ConnectionFacts>>;
 
 /// A connection's namespace and name.
 type ConnectionKey = (Box<str>, Box<str>);
@@ -94,7 +93,7 @@ struct ConnectionCollector(Arc<ConnectionSeries>);
 
 impl Collector for ConnectionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Ok(series) = self.0 .0.lock() else {
+        let Ok(series) = self.0.lock() else {
             return Ok(());
         };
         for (name, help, value) in CONNECTION_GAUGES {
@@ -305,14 +304,14 @@ impl Metrics {
             next_refresh: times.next_refresh_at.map(|t| t.as_second()),
             reason: reason.into(),
         };
-        if let Ok(mut series) = self.connections.0.lock() {
+        if let Ok(mut series) = self.connections.lock() {
             series.insert((namespace.into(), name.into()), facts);
         }
     }
 
     /// Drops a connection's series: another replica works on it now (its shard moved).
     pub fn forget_connection(&self, namespace: &str, name: &str) {
-        if let Ok(mut series) = self.connections.0.lock() {
+        if let Ok(mut series) = self.connections.lock() {
             series.remove(&(Box::from(namespace), Box::from(name)));
         }
     }

@@ -126,24 +126,16 @@ fn id_of(secret: &Secret) -> Option<SecretId> {
 fn pack(secret: &Secret) -> Option<(SecretId, Packed)> {
     let id = id_of(secret)?;
     let mut compact = secret.clone();
-    if let Some(data) = compact.data.take() {
-        let (text, bytes): (BTreeMap<_, _>, BTreeMap<_, _>) = data
-            .into_iter()
-            .map(|(k, v)| match String::from_utf8(v.0) {
-                Ok(s) => (k, Ok(s)),
-                Err(e) => (k, Err(ByteString(e.into_bytes()))),
-            })
-            .partition(|(_, v)| v.is_ok());
-        let text: BTreeMap<String, String> = text
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v.ok()?)))
-            .collect();
-        let bytes: BTreeMap<String, ByteString> = bytes
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v.err()?)))
-            .collect();
+    if let Some(data) = compact.data.as_mut() {
+        let mut text = BTreeMap::new();
+        data.retain(|k, v| match std::str::from_utf8(&v.0) {
+            Ok(s) => {
+                text.insert(k.clone(), s.to_owned());
+                false
+            }
+            Err(_) => true,
+        });
         compact.string_data = (!text.is_empty()).then_some(text);
-        compact.data = Some(bytes);
     }
     let json = serde_json::to_vec(&compact).ok()?;
     Some((id, json.into_boxed_slice()))
