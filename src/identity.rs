@@ -134,14 +134,7 @@ pub fn replaced_note(user: &str, peers: &[SameUser]) -> Option<String> {
 /// with the freshest status known.
 pub fn peers_in_cache(ctx: &Context, me: &ExactConnection, user_id: &str) -> Vec<SameUser> {
     let all = ctx.caches.connections_of_user(&client_key(me), user_id);
-    same_user_peers(me, user_id, &all, |c| {
-        ctx.caches
-            .last_status(
-                &c.uid().unwrap_or_default(),
-                c.metadata.resource_version.as_deref(),
-            )
-            .or_else(|| c.status.clone())
-    })
+    same_user_peers(me, user_id, &all, |c| ctx.caches.freshest_status(c))
 }
 
 /// How a user is named in messages: the user name when known, else the UserID.

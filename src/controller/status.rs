@@ -117,11 +117,7 @@ pub async fn write_status(
     out: Outcome,
 ) -> Result<(), Error> {
     let uid = conn.uid().unwrap_or_default();
-    let prev = ctx
-        .caches
-        .last_status(&uid, conn.metadata.resource_version.as_deref())
-        .or_else(|| conn.status.clone())
-        .unwrap_or_default();
+    let prev = ctx.caches.freshest_status(conn).unwrap_or_default();
     let Some((status, reason)) = project(conn, ctx, out, &prev, Timestamp::now()) else {
         return Ok(());
     };
