@@ -757,20 +757,24 @@ mod tests {
         let (store, mut writer) = kube::runtime::reflector::store::<ExactConnection>();
         let (trigger, _triggers) = futures::channel::mpsc::unbounded();
         caches.install_connections(store, trigger);
-        let mut conn = ExactConnection::new(
+        let mut in_hand = ExactConnection::new(
             "c",
             serde_json::from_value(serde_json::json!({"clientRef": {"name": "x"}})).expect("spec"),
         );
-        conn.metadata.namespace = Some("ns".into());
-        conn.metadata.uid = Some("u".into());
-        conn.metadata.resource_version = Some("19".into());
-        let in_hand = conn.clone();
-        let seen = |c: ExactConnection, writer: &mut kube::runtime::reflector::store::Writer<_>| {
-            let event = watcher::Event::Apply(c);
+        in_hand.metadata.namespace = Some("ns".into());
+        in_hand.metadata.uid = Some("u".into());
+        in_hand.metadata.resource_version = Some("19".into());
+        // The watch shows the connection at `rv` with `status`.
+        let mut watch_shows = |rv: &str, status: Option<ExactConnectionStatus>| {
+            let mut shown = in_hand.clone();
+            shown.metadata.resource_version = Some(rv.into());
+            shown.status = status;
+            let event = watcher::Event::Apply(shown.clone());
             writer.apply_watcher_event(&event);
             caches.observe_connection(&event);
+            shown
         };
-        seen(conn.clone(), &mut writer);
+        watch_shows("19", None);
         assert_eq!(
             caches.freshest_status(&in_hand),
             None,
@@ -784,20 +788,16 @@ mod tests {
             "the watch lags: our write"
         );
         // The write reaches the watch while a reconcile still holds the copy at 19.
-        conn.metadata.resource_version = Some("20".into());
-        conn.status = Some(status(1));
-        seen(conn.clone(), &mut writer);
+        watch_shows("20", Some(status(1)));
         assert_eq!(
             caches.freshest_status(&in_hand),
             Some(status(1)),
             "the watched copy is newer than the one in hand"
         );
         // Someone else wrote since: their status, not ours.
-        conn.metadata.resource_version = Some("22".into());
-        conn.status = Some(status(2));
-        seen(conn.clone(), &mut writer);
+        let newest = watch_shows("22", Some(status(2)));
         assert_eq!(caches.freshest_status(&in_hand), Some(status(2)));
-        assert_eq!(caches.freshest_status(&conn), Some(status(2)));
+        assert_eq!(caches.freshest_status(&newest), Some(status(2)));
         // The same name recreated (another uid): its copy in hand stands.
         let mut other = in_hand.clone();
         other.metadata.uid = Some("v".into());
