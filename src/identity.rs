@@ -25,15 +25,31 @@ pub async fn identify(
     rv: String,
     new_consent: bool,
 ) {
+    if ask_me(ctx, conn, r, state, new_consent).await {
+        if let Err(e) = handle.write(state, Some(&rv)).await {
+            tracing::warn!(error = %e, "storing who the token belongs to failed; it is asked again later");
+        }
+    }
+}
+
+/// Asks Me with the state's access token and records the answer in `state` only; whether
+/// it answered. After a refresh the answer is not written by itself: the status that
+/// reconcile writes carries it, [`identity_from_status`] takes it back into the loaded
+/// state, and the state Secret's next write (the next claim) stores it. That saves a new
+/// connection its sixth write.
+pub async fn ask_me(
+    ctx: &Context,
+    conn: &ExactConnection,
+    r: &Resolved,
+    state: &mut ConnectionState,
+    new_consent: bool,
+) -> bool {
     let Some(token) = state.access_token.clone() else {
-        return;
+        return false;
     };
     match who_am_i(&r.http, &r.settings.api_base_url, &token).await {
         Ok(me) => {
             let change = state.record_me(&me, new_consent, conn.spec.division);
-            if let Err(e) = handle.write(state, Some(&rv)).await {
-                tracing::warn!(error = %e, "storing who the token belongs to failed; it is asked again later");
-            }
             if let Some((old, new)) = change.user {
                 let note = format!(
                     "this consent was given by a different Exact user (UserID {new}, before {old}): a different person or company now holds this connection"
@@ -46,12 +62,46 @@ pub async fn identify(
                 );
                 event(ctx, conn, EventType::Warning, "DivisionChanged", note).await;
             }
+            true
         }
         Err(e) if conn.spec.division.is_none() && state.division.is_none() => {
             event(ctx, conn, EventType::Warning, "DivisionDiscoveryFailed", e).await;
+            false
         }
-        Err(e) => tracing::debug!(error = %e, "Me request failed; the user is asked again later"),
+        Err(e) => {
+            tracing::debug!(error = %e, "Me request failed; the user is asked again later");
+            false
+        }
     }
+}
+
+/// Takes the current chain's user (and, without `spec.division`, its division) from
+/// `status` into a `state` that has none, when that status was written for this very grant
+/// (its lastRefreshTime is the state's): Me's answer after a refresh reaches the state
+/// Secret only with its next write, and until then that status holds it (also across a
+/// restart). A status of an earlier grant says nothing about this chain. Whether it took
+/// anything. Pure.
+pub fn identity_from_status(
+    state: &mut ConnectionState,
+    status: &ExactConnectionStatus,
+    spec_division: Option<i64>,
+) -> bool {
+    let (None, Some(granted), Some(user)) = (
+        state.exact_user_id.as_ref(),
+        state.last_refresh_at,
+        status.exact_user_id.as_ref(),
+    ) else {
+        return false;
+    };
+    if status.last_refresh_time != Some(granted) {
+        return false;
+    }
+    state.exact_user_id = Some(user.clone());
+    state.exact_user_name = status.exact_user_name.clone();
+    if spec_division.is_none() && state.division.is_none() {
+        state.division = status.division;
+    }
+    true
 }
 
 /// Condition type set (True) while another connection on the same client holds a consent
@@ -242,5 +292,58 @@ mod tests {
         );
         assert!(from_new[0].dead);
         assert_eq!(replaced_note("jan", &from_new), None);
+    }
+
+    #[test]
+    fn the_status_of_this_grant_lends_its_user_to_a_state_without_one() {
+        let t = |s: i64| jiff::Timestamp::from_second(1_800_000_000 + s).expect("valid");
+        let status = ExactConnectionStatus {
+            last_refresh_time: Some(t(0)),
+            exact_user_id: Some("u1".into()),
+            exact_user_name: Some("jan".into()),
+            division: Some(100),
+            ..Default::default()
+        };
+        let granted = ConnectionState {
+            last_refresh_at: Some(t(0)),
+            ..Default::default()
+        };
+        let mut st = granted.clone();
+        assert!(identity_from_status(&mut st, &status, None));
+        assert_eq!(
+            (
+                st.exact_user_id.as_deref(),
+                st.exact_user_name.as_deref(),
+                st.division
+            ),
+            (Some("u1"), Some("jan"), Some(100))
+        );
+        // With spec.division the status shows the spec's: the state keeps none of it.
+        let mut st = granted.clone();
+        assert!(identity_from_status(&mut st, &status, Some(100)));
+        assert_eq!(
+            (st.exact_user_id.as_deref(), st.division),
+            (Some("u1"), None)
+        );
+        // A status of an earlier grant says nothing about this chain.
+        let mut st = ConnectionState {
+            last_refresh_at: Some(t(570)),
+            ..Default::default()
+        };
+        assert!(!identity_from_status(&mut st, &status, None));
+        assert_eq!((st.exact_user_id, st.division), (None, None));
+        // Nothing granted yet, or a user already stored: left alone.
+        let mut st = ConnectionState::default();
+        assert!(!identity_from_status(&mut st, &status, None));
+        let mut st = ConnectionState {
+            exact_user_id: Some("u2".into()),
+            division: Some(7),
+            ..granted
+        };
+        assert!(!identity_from_status(&mut st, &status, None));
+        assert_eq!(
+            (st.exact_user_id.as_deref(), st.division),
+            (Some("u2"), Some(7))
+        );
     }
 }

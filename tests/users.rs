@@ -399,3 +399,106 @@ async fn the_daily_budget_is_counted_and_holds_retries_back_near_the_cap() {
     assert!(metrics.contains(&series), "{series} in\n{metrics}");
     op.stop().await;
 }
+
+/// A Secret's resourceVersion and data (as text).
+async fn secret_version(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+) -> Option<(String, std::collections::BTreeMap<String, String>)> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), ns);
+    let s = api.get_opt(name).await.ok()??;
+    let data = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    Some((s.metadata.resource_version?, data))
+}
+
+/// Who the token belongs to (Me, asked after the first refresh) costs no write of its own: the
+/// status carries it, an operator started before the next refresh takes it from that status
+/// (the workload Secret keeps the division, neither Secret is written), and the next claim
+/// stores it in the state Secret.
+#[tokio::test]
+async fn the_user_a_refresh_learns_reaches_the_state_secret_with_the_next_claim() {
+    init_tracing();
+    let cfg = SimConfig {
+        access_token_lifetime: Duration::from_secs(24),
+        refresh_window: Duration::from_secs(4),
+        ..fast_sim()
+    }
+    .with_user(jan());
+    let TestEnv { admin, ns, sim } = test_env(cfg, serde_json::json!({})).await;
+    let token = sim
+        .seed_connection_for_user("app-1", "ledger", "jan")
+        .expect("jan is configured");
+    put_secret(
+        &admin,
+        &ns,
+        "ledger-bootstrap",
+        &[("refresh-token", &token)],
+    )
+    .await;
+    put_connection(
+        &admin,
+        &ns,
+        "ledger",
+        serde_json::json!({
+            "clientRef": {"name": "app"},
+            "refreshTokenSecretRef": {"name": "ledger-bootstrap", "key": "refresh-token"},
+            "refreshBefore": "2s",
+        }),
+    )
+    .await;
+    let op = Operator::start(&ns, "op").await;
+    wait_published(&admin, &ns, "ledger").await;
+    let user = support::wait_for(Duration::from_secs(10), || async {
+        status_of(&admin, &ns, "ledger").await?.exact_user_id
+    })
+    .await
+    .expect("status.exactUserId after the first refresh");
+    let state_name = exact_operator::secrets::state_secret_name("ledger");
+    let (state_rv, state) = secret_version(&admin, &ns, &state_name)
+        .await
+        .expect("state Secret");
+    assert_eq!(
+        state.get("exact_user_id"),
+        None,
+        "the first refresh's writes are the claim and the chain; the user waits for the next"
+    );
+    let (token_rv, token_data) = secret_version(&admin, &ns, "ledger-exact-token")
+        .await
+        .expect("workload Secret");
+    assert_eq!(token_data.get("division").map(String::as_str), Some("100"));
+
+    // A new process before the next refresh: the user and division come from the status.
+    op.stop().await;
+    let op = Operator::start(&ns, "op-2").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let status = status_of(&admin, &ns, "ledger").await.expect("status");
+    assert_eq!(status.exact_user_id.as_deref(), Some(user.as_str()));
+    assert_eq!(status.division, Some(100));
+    let (rv, _) = secret_version(&admin, &ns, "ledger-exact-token")
+        .await
+        .expect("workload Secret");
+    assert_eq!(rv, token_rv, "the restart rewrote the workload Secret");
+    let (rv, _) = secret_version(&admin, &ns, &state_name)
+        .await
+        .expect("state Secret");
+    assert_eq!(rv, state_rv, "the restart wrote the state Secret");
+
+    // The next refresh's claim stores the user.
+    let stored = support::wait_for(Duration::from_secs(40), || async {
+        let (_, data) = secret_version(&admin, &ns, &state_name).await?;
+        data.get("exact_user_id").cloned()
+    })
+    .await;
+    assert_eq!(stored.as_deref(), Some(user.as_str()));
+    let (_, token_data) = secret_version(&admin, &ns, "ledger-exact-token")
+        .await
+        .expect("workload Secret");
+    assert_eq!(token_data.get("division").map(String::as_str), Some("100"));
+    op.stop().await;
+}

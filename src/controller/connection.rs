@@ -12,7 +12,7 @@ use crate::conditions::reason;
 use crate::context::Context;
 use crate::crd::ExactConnection;
 use crate::events::event;
-use crate::identity::identify;
+use crate::identity::{identify, identity_from_status};
 use crate::publish::{publish_from_state, Published};
 use crate::resolve::{dereference, Blocked, Resolved};
 use crate::secrets::{load_state, RefError};
@@ -138,6 +138,9 @@ async fn load(
     handle: &StateHandle,
 ) -> Result<Result<(Stored, bool), Outcome>, Error> {
     let mut stored = handle.load_cached(&ctx.caches).await?;
+    if let Some(status) = ctx.caches.freshest_status(conn) {
+        identity_from_status(&mut stored.state, &status, conn.spec.division);
+    }
     let recheck = if bootstrap_read_afresh(conn, &stored) {
         Duration::ZERO
     } else {
@@ -352,13 +355,13 @@ async fn refresh_now(
         ExchangeEnd::Done {
             end,
             state,
-            version,
             label,
             call_seconds,
+            ..
         } => {
             ctx.metrics.token_call(label, call_seconds);
             tracing::info!(connection = %handle.connection, outcome = label, "token call");
-            report(conn, ctx, r, handle, end, state, version, was_failing).await
+            report(conn, ctx, r, end, state, was_failing).await
         }
         ExchangeEnd::NewerChainStored { label } | ExchangeEnd::ConsentLost { label } => {
             ctx.metrics.token_call(label, 0.0);
@@ -370,15 +373,12 @@ async fn refresh_now(
 }
 
 /// Publishes and tells what a persisted exchange ended in.
-#[allow(clippy::too_many_arguments)]
 async fn report(
     conn: &ExactConnection,
     ctx: &Context,
     r: &Resolved,
-    handle: &StateHandle,
     end: End,
     mut state: ConnectionState,
-    version: String,
     was_failing: bool,
 ) -> Result<Outcome, Error> {
     let now = Timestamp::now();
@@ -387,10 +387,12 @@ async fn report(
         End::Rotated => {
             // Me is asked only when the division or the user is unknown (an explicit
             // division costs no call once the user is known); a consent always asks it.
+            // Its answer goes out with this reconcile's status and into the state Secret
+            // with the next claim (no write of its own).
             if (conn.spec.division.is_none() && state.division.is_none())
                 || state.exact_user_id.is_none()
             {
-                identify(ctx, conn, r, handle, &mut state, version, false).await;
+                crate::identity::ask_me(ctx, conn, r, &mut state, false).await;
             }
             crate::divisions::ensure(ctx, conn, r, &state).await;
             if publish_from_state(ctx, conn, r, &state).await? == Published::Conflict {
