@@ -187,6 +187,8 @@ pub async fn burst(
     fx.bootstrap(sim, &burst).await?;
     let secrets = FirstSeen::token_secrets(&fx.client, &fx.namespace);
     secrets.synced().await;
+    let ready = FirstSeen::ready_connections(&fx.client, &fx.namespace);
+    ready.synced().await;
     let start = probes.mark().await?;
     let t = Instant::now();
     let sent = fx.connections(&burst).await?;
@@ -196,9 +198,17 @@ pub async fn burst(
     if let Err(e) = wait_all(&secrets, &targets, timeout, probes.operators).await {
         log(format!("burst incomplete: {e:#}"));
     }
+    // The statuses may follow the Secrets: the phase ends when both are in.
+    if let Err(e) = wait_all(&ready, &burst, timeout, probes.operators).await {
+        log(format!("burst statuses incomplete: {e:#}"));
+    }
     let latencies = sent
         .iter()
         .filter_map(|(n, at)| Some((secrets.get(&target(n))? - *at).as_secs_f64() * 1000.0))
+        .collect();
+    let ready_latencies = sent
+        .iter()
+        .filter_map(|(n, at)| Some((ready.get(n)? - *at).as_secs_f64() * 1000.0))
         .collect();
     let last = targets
         .iter()
@@ -206,6 +216,7 @@ pub async fn burst(
         .max()
         .unwrap_or(t);
     secrets.stop();
+    ready.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let phase = probes
         .phase(
@@ -214,7 +225,7 @@ pub async fn burst(
             Some(last.saturating_duration_since(t)),
         )
         .await?;
-    Ok(Burst::new(phase, count, apply, latencies))
+    Ok(Burst::new(phase, count, apply, latencies, ready_latencies))
 }
 
 /// What the restart phase needs besides the probes.

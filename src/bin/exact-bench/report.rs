@@ -382,6 +382,18 @@ pub struct Burst {
     pub ready: usize,
     /// Apply -> workload Secret latency (ms): p50, p99, max.
     pub latency_ms: [f64; 3],
+    /// Apply -> Ready in status latency (ms): p50, p99, max.
+    pub ready_latency_ms: [f64; 3],
+}
+
+/// p50, p99 and max of `values`.
+fn spread(mut values: Vec<f64>) -> [f64; 3] {
+    values.sort_by(f64::total_cmp);
+    [
+        percentile(&values, 0.5),
+        percentile(&values, 0.99),
+        values.last().copied().unwrap_or(0.0),
+    ]
 }
 
 impl Burst {
@@ -390,18 +402,15 @@ impl Burst {
         phase: Phase,
         connections: usize,
         apply: Duration,
-        mut latencies: Vec<f64>,
+        latencies: Vec<f64>,
+        ready_latencies: Vec<f64>,
     ) -> Burst {
-        latencies.sort_by(f64::total_cmp);
         Burst {
             connections,
             apply_seconds: apply.as_secs_f64(),
             ready: latencies.len(),
-            latency_ms: [
-                percentile(&latencies, 0.5),
-                percentile(&latencies, 0.99),
-                latencies.last().copied().unwrap_or(0.0),
-            ],
+            latency_ms: spread(latencies),
+            ready_latency_ms: spread(ready_latencies),
             phase,
         }
     }
@@ -576,6 +585,11 @@ impl Report {
             row(
                 "**burst: apply -> workload Secret p50 / p99 / max**".into(),
                 format!("**{p50:.0} / {p99:.0} / {max:.0} ms**"),
+            );
+            let [p50, p99, max] = b.ready_latency_ms;
+            row(
+                "burst: apply -> Ready in status p50 / p99 / max".into(),
+                format!("{p50:.0} / {p99:.0} / {max:.0} ms"),
             );
             row(
                 "burst: API writes / reads per new connection".into(),
