@@ -177,10 +177,13 @@ async fn run_connections(
     // Another connection's finding (e.g. the same Exact user) reconciles this one.
     let (peer_tx, peer_rx) = futures::channel::mpsc::unbounded();
     ctx.caches.install_connections(conn_store.clone(), peer_tx);
+    let turns = Arc::new(connection::Turns::new(ctx.settings.concurrency));
     let by_client = conn_store.clone();
     let by_secret = (conn_store.clone(), client_store);
     Controller::for_stream(conn_stream, conn_store)
-        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
+        // Unbounded here: the reconciles take their turns in `connection::reconcile`, first
+        // come first served, `settings.concurrency` at a time.
+        .with_config(ControllerConfig::default().concurrency(0))
         .owns_stream(workload_changes)
         .watches_stream(client_stream, move |c: ExactOAuthClient| {
             connections_of_client(&by_client, &c)
@@ -190,7 +193,11 @@ async fn run_connections(
         })
         .reconcile_on(peer_rx)
         .graceful_shutdown_on(stop)
-        .run(connection::reconcile, error_policy, ctx.clone())
+        .run(
+            move |conn, ctx| connection::reconcile(conn, ctx, turns.clone()),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| future::ready(()))
         .await;
 }
