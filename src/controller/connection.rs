@@ -68,6 +68,11 @@ pub async fn reconcile(
     let Ok(_turn) = turns.0.acquire().await else {
         return Ok(Action::await_change());
     };
+    // The process began to stop while this one waited (a cold start or burst can queue
+    // thousands): the next process reconciles it; the shutdown waits only for work begun.
+    if ctx.caches.is_stopping() {
+        return Ok(Action::await_change());
+    }
     Box::pin(reconcile_owned(conn, ctx)).await
 }
 
