@@ -125,8 +125,6 @@ pub struct Caches {
     /// digests only.
     digests: Mutex<ReadValues<KeyDigests>>,
     statuses: Mutex<HashMap<String, (u64, ExactConnectionStatus)>>,
-    /// Statuses projected and not yet written.
-    pub status_queue: crate::status_queue::StatusQueue,
     peers: PeerCaches,
     own_writes: Mutex<HashMap<SecretId, String>>,
     /// States this process wrote, until the managed-Secret watch shows them.
@@ -536,17 +534,14 @@ impl Caches {
         None
     }
 
-    /// The freshest status known of `conn`: one queued to be written; else the one this
-    /// process last wrote while the copy in hand is older than that write; else the watched
-    /// copy's, when the watch has a newer one than the copy in hand; else the copy's own. A reconcile holds the copy it started
+    /// The freshest status known of `conn`: the one this process last wrote while the copy
+    /// in hand is older than that write; else the watched copy's, when the watch has a newer
+    /// one than the copy in hand; else the copy's own. A reconcile holds the copy it started
     /// with: its own earlier write can reach the watch (which forgets the written status)
     /// while it runs, and the copy's stale status would then make it write the same status
     /// again (3-5 % of new connections in a burst wrote their status twice).
     pub fn freshest_status(&self, conn: &ExactConnection) -> Option<ExactConnectionStatus> {
         let uid = conn.metadata.uid.as_deref().unwrap_or_default();
-        if let Some(pending) = self.status_queue.get(uid) {
-            return Some(pending.status);
-        }
         let seen = conn.metadata.resource_version.as_deref();
         if let Some(status) = self.last_status(uid, seen) {
             return Some(status);

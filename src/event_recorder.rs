@@ -2,9 +2,8 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// How long one recorder (and so its cache of published Events) is used: kube's recorder
 /// keeps every Event it published for 6 minutes, to count repeats as a series, and prunes
@@ -25,12 +24,7 @@ pub struct Events {
     client: kube::Client,
     reporter: Reporter,
     current: Mutex<Current>,
-    /// Turns of the Events published in the background ([`Events::publish_soon`]).
-    background: Arc<Semaphore>,
 }
-
-/// Events published in the background at once.
-const BACKGROUND_PUBLISHERS: usize = 2;
 
 /// The recorder in use, when it was made, and how many Events it published.
 struct Current {
@@ -62,26 +56,7 @@ impl Events {
                 since: Instant::now(),
                 published: 0,
             }),
-            background: Arc::new(Semaphore::new(BACKGROUND_PUBLISHERS)),
         }
-    }
-
-    /// Publishes `ev` in the background, a few at a time, so that the reconcile that tells
-    /// it goes on (a new connection's first Event: its workload has the token already, the
-    /// next connections' token writes go first). A failure is logged.
-    pub fn publish_soon(&self, ev: Event, reference: ObjectReference) {
-        let Some(recorder) = self.recorder(1) else {
-            return;
-        };
-        let turns = self.background.clone();
-        tokio::spawn(async move {
-            let Ok(_turn) = turns.acquire().await else {
-                return;
-            };
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::warn!(error = %e, "publishing event failed");
-            }
-        });
     }
 
     /// Publishes `ev` about the object `reference`.

@@ -32,7 +32,6 @@ pub mod shard;
 pub mod startup;
 pub mod state;
 pub mod state_store;
-pub mod status_queue;
 pub mod template;
 pub mod token;
 pub mod user_index;

@@ -451,7 +451,7 @@ async fn report(
                     ),
                     None => "first access token published".to_string(),
                 };
-                crate::events::event_soon(ctx, conn, EventType::Normal, "Authorized", note);
+                event(ctx, conn, EventType::Normal, "Authorized", note).await;
             }
         }
         End::Dead => {

@@ -13,13 +13,11 @@ use crate::identity::{
 use crate::metrics::ConnectionTimes;
 use crate::schedule::{refresh_token_expires_at, RefreshPolicy};
 use crate::state::ConnectionState;
-use crate::status_queue::PendingStatus;
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Field manager of everything the operator writes.
@@ -112,11 +110,10 @@ impl Outcome {
     }
 }
 
-/// Projects the outcome onto the connection's status and, when it differs, queues it for
-/// the status writers (`status_queue`: the token path's writes do not wait behind it).
+/// Applies the outcome to the connection's status when it differs.
 pub async fn write_status(
-    conn: &Arc<ExactConnection>,
-    ctx: &Arc<Context>,
+    conn: &ExactConnection,
+    ctx: &Context,
     out: Outcome,
 ) -> Result<(), Error> {
     let uid = conn.uid().unwrap_or_default();
@@ -138,72 +135,24 @@ pub async fn write_status(
     if same_status(&prev, &status) {
         return Ok(());
     }
-    if ctx
-        .caches
-        .status_queue
-        .queue(&uid, conn.clone(), prev, status)
-    {
-        tokio::spawn(write_queued(ctx.clone(), uid));
-    }
-    Ok(())
-}
-
-/// Writes the queued status of connection `uid` (server-side apply) until none is pending:
-/// one writer per connection, a few at once; a failed write is tried again (the latest
-/// status then), a connection that is gone is given up.
-async fn write_queued(ctx: Arc<Context>, uid: String) {
-    let queue = &ctx.caches.status_queue;
-    let mut delay = Duration::from_millis(500);
-    while let Some(job) = queue.get(&uid) {
-        let written = {
-            let _turn = queue.permit().await;
-            apply_status(&ctx, &job).await
-        };
-        match written {
-            Ok(rv) => {
-                ctx.caches.remember_status(&uid, rv.as_deref(), &job.status);
-                announce_duplicate(&job.conn, &ctx, &job.before, &job.status).await;
-                delay = Duration::from_millis(500);
-                if queue.written(&uid, &job.status) {
-                    return;
-                }
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                queue.forget(&uid);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(connection = %job.conn.name_any(), error = %e, "status write failed; trying again");
-                if ctx.caches.is_stopping() {
-                    queue.forget(&uid);
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-}
-
-/// One status write; the written resourceVersion.
-async fn apply_status(ctx: &Context, job: &PendingStatus) -> Result<Option<String>, kube::Error> {
-    let api: Api<ExactConnection> = Api::namespaced(
-        ctx.client.clone(),
-        &job.conn.namespace().unwrap_or_default(),
-    );
+    let api: Api<ExactConnection> =
+        Api::namespaced(ctx.client.clone(), &conn.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "exact-operator.io/v1alpha1",
         "kind": "ExactConnection",
-        "status": job.status,
+        "status": status,
     });
     let written = api
         .patch_status(
-            &job.conn.name_any(),
+            &conn.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
-    Ok(written.metadata.resource_version)
+    ctx.caches
+        .remember_status(&uid, written.metadata.resource_version.as_deref(), &status);
+    announce_duplicate(conn, ctx, &prev, &status).await;
+    Ok(())
 }
 
 /// The status a reconcile's outcome projects to (with its Ready reason), given the status
