@@ -400,23 +400,6 @@ async fn the_daily_budget_is_counted_and_holds_retries_back_near_the_cap() {
     op.stop().await;
 }
 
-/// A Secret's resourceVersion and data (as text).
-async fn secret_version(
-    admin: &Client,
-    ns: &str,
-    name: &str,
-) -> Option<(String, std::collections::BTreeMap<String, String>)> {
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), ns);
-    let s = api.get_opt(name).await.ok()??;
-    let data = s
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect();
-    Some((s.metadata.resource_version?, data))
-}
-
 /// Who the token belongs to (Me, asked after the first refresh) costs no write of its own: the
 /// status carries it, an operator started before the next refresh takes it from that status
 /// (the workload Secret keeps the division, neither Secret is written), and the next claim

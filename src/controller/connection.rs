@@ -12,7 +12,7 @@ use crate::conditions::reason;
 use crate::context::Context;
 use crate::crd::ExactConnection;
 use crate::events::event;
-use crate::identity::{identify, identity_from_status};
+use crate::identity::{ask_me, identify, identity_from_status};
 use crate::publish::{publish_from_state, Published};
 use crate::resolve::{dereference, Blocked, Resolved};
 use crate::secrets::{load_state, RefError};
@@ -174,8 +174,11 @@ async fn load(
     handle: &StateHandle,
 ) -> Result<Result<(Stored, bool), Outcome>, Error> {
     let mut stored = handle.load_cached(&ctx.caches).await?;
-    if let Some(status) = ctx.caches.freshest_status(conn) {
-        identity_from_status(&mut stored.state, &status, conn.spec.division);
+    // Only a chain whose user is not stored yet looks at the status (not every reconcile).
+    if stored.state.exact_user_id.is_none() {
+        if let Some(status) = ctx.caches.freshest_status(conn) {
+            identity_from_status(&mut stored.state, &status, conn.spec.division);
+        }
     }
     let recheck = if bootstrap_read_afresh(conn, &stored) {
         Duration::ZERO
@@ -428,7 +431,7 @@ async fn report(
             if (conn.spec.division.is_none() && state.division.is_none())
                 || state.exact_user_id.is_none()
             {
-                crate::identity::ask_me(ctx, conn, r, &mut state, false).await;
+                ask_me(ctx, conn, r, &mut state, false).await;
             }
             crate::divisions::ensure(ctx, conn, r, &state).await;
             if publish_from_state(ctx, conn, r, &state).await? == Published::Conflict {

@@ -306,15 +306,24 @@ pub async fn secret_data(
     ns: &str,
     name: &str,
 ) -> Option<BTreeMap<String, String>> {
+    secret_version(client, ns, name).await.map(|(_, data)| data)
+}
+
+/// Reads a Secret's resourceVersion and its data as strings.
+pub async fn secret_version(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Option<(String, BTreeMap<String, String>)> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s = api.get_opt(name).await.ok()??;
-    Some(
-        s.data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-            .collect(),
-    )
+    let data = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    Some((s.metadata.resource_version?, data))
 }
 
 /// A fresh namespace with exact-sim running and a client `app` (Secret `app-credentials`)
