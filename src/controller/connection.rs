@@ -35,14 +35,29 @@ use std::time::Duration;
 /// be slower to list than the fallback reads; left at 10 s until that is understood.)
 const MANAGED_LIST_WAIT: Duration = Duration::from_secs(10);
 
-/// Turns for reconciles that do work, first come first served.
+/// Turns for reconciles that do work, first come first served, and for what they tell
+/// afterwards.
 ///
 /// kube-runtime's own concurrency limit keeps the reconciles that wait for a slot in a hash
 /// set and starts them in no particular order: in a burst of 1,000 new connections an early
 /// one could wait until the end (p99 apply -> Secret was the burst's whole length). tokio's
 /// semaphore hands out permits in the order they were asked for, and a reconcile is boxed
 /// only once its turn comes, so one that waits costs a few hundred bytes.
-pub struct Turns(tokio::sync::Semaphore);
+///
+/// The status write (the API server's most expensive request of a reconcile: server-side
+/// apply of a custom resource) and a new connection's first Event take a second kind of
+/// turn, `TELLING_AT_ONCE` at a time, after the work turn is given back: in a burst the
+/// writes between an apply and the workload's token (claim, chain, workload Secret) do not
+/// queue behind other connections' statuses. The reconcile still ends with its status
+/// written, so its errors, the shutdown and the next reconcile see it as before.
+pub struct Turns {
+    work: tokio::sync::Semaphore,
+    telling: tokio::sync::Semaphore,
+}
+
+/// Status writes (with their Events) at once. Steady refreshing needs few (10,000
+/// connections make ~17 status writes a second, a few ms each).
+const TELLING_AT_ONCE: usize = 2;
 
 impl Turns {
     /// `at_once` reconciles at a time (0: no limit).
@@ -51,11 +66,14 @@ impl Turns {
             0 => tokio::sync::Semaphore::MAX_PERMITS,
             n => usize::from(n),
         };
-        Turns(tokio::sync::Semaphore::new(permits))
+        Turns {
+            work: tokio::sync::Semaphore::new(permits),
+            telling: tokio::sync::Semaphore::new(TELLING_AT_ONCE),
+        }
     }
 }
 
-/// Reconciles one connection, in its turn.
+/// Reconciles one connection, in its turns.
 pub async fn reconcile(
     conn: Arc<ExactConnection>,
     ctx: Arc<Context>,
@@ -65,7 +83,7 @@ pub async fn reconcile(
     if !crate::shard::ownership::owns(ctx.shards.as_deref(), &*conn) {
         return Ok(Action::await_change());
     }
-    let Ok(_turn) = turns.0.acquire().await else {
+    let Ok(turn) = turns.work.acquire().await else {
         return Ok(Action::await_change());
     };
     // The process began to stop while this one waited (a cold start or burst can queue
@@ -73,20 +91,38 @@ pub async fn reconcile(
     if ctx.caches.is_stopping() {
         return Ok(Action::await_change());
     }
-    Box::pin(reconcile_owned(conn, ctx)).await
+    let outcome = Box::pin(work(&conn, &ctx)).await?;
+    drop(turn);
+    // What waits for a telling turn is the outcome (its futures are boxed once it starts).
+    let _telling = match outcome.tells() {
+        true => turns.telling.acquire().await.ok(),
+        false => None,
+    };
+    Box::pin(tell(&conn, &ctx, outcome)).await
 }
 
-async fn reconcile_owned(conn: Arc<ExactConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn work(conn: &ExactConnection, ctx: &Context) -> Result<Outcome, Error> {
     ctx.metrics.reconciles.inc();
     ctx.events.forget_old();
     let started = std::time::Instant::now();
-    let outcome = run(&conn, &ctx).await;
+    let outcome = run(conn, ctx).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
-    let outcome = outcome?;
+    outcome
+}
+
+/// Publishes the outcome's Event and status, and plans the next reconcile.
+async fn tell(
+    conn: &ExactConnection,
+    ctx: &Context,
+    mut outcome: Outcome,
+) -> Result<Action, Error> {
+    if let Some((type_, reason, note)) = outcome.event.take() {
+        event(ctx, conn, type_, reason, note).await;
+    }
     let (requeue, requeue_at) = (outcome.requeue, outcome.requeue_at);
-    write_status(&conn, &ctx, outcome).await?;
+    write_status(conn, ctx, outcome).await?;
     // A planned call is due at its moment, however long this reconcile's writes took.
     let requeue = match requeue_at {
         Some(at) => {
@@ -442,9 +478,8 @@ async fn report(
                 .as_ref()
                 .and_then(|s| s.last_refresh_time)
                 .is_none();
-            if was_failing {
-                let note = "token refresh works again".to_string();
-                event(ctx, conn, EventType::Normal, "Recovered", note).await;
+            let told = if was_failing {
+                Some(("Recovered", "token refresh works again".to_string()))
             } else if first {
                 // The one Event of a new connection (its bootstrap import has none).
                 let note = match &conn.spec.refresh_token_secret_ref {
@@ -454,8 +489,14 @@ async fn report(
                     ),
                     None => "first access token published".to_string(),
                 };
-                event(ctx, conn, EventType::Normal, "Authorized", note).await;
-            }
+                Some(("Authorized", note))
+            } else {
+                None
+            };
+            let mut out = steady(conn, r, &spec, &state, now);
+            // Told with the status, in a telling turn (the token is out already).
+            out.event = told.map(|(reason, note)| (EventType::Normal, reason, note));
+            return Ok(out);
         }
         End::Dead => {
             let (why, message) = state

@@ -57,9 +57,15 @@ pub struct Outcome {
     pub requeue_at: Option<Timestamp>,
     /// This connection's token calls in the rolling 24 h.
     pub token_calls24h: Option<u32>,
+    /// An Event told just before the status (type, reason, note; never a secret).
+    pub event: Option<(EventType, &'static str, String)>,
 }
 
 impl Outcome {
+    /// Whether publishing it may write (an Event or a status): it waits for a telling turn.
+    pub fn tells(&self) -> bool {
+        self.event.is_some() || self.ready.is_some()
+    }
     /// Ready=True.
     pub fn ready(reason: &'static str, message: String) -> Self {
         Outcome {
